@@ -1,0 +1,321 @@
+"""The two-tower AlexNet of Krizhevsky et al. (2012) as pure JAX functions.
+
+Parameters are a dict of arrays. Every tower-split layer stores its kernels on a
+leading *tower axis* (`kernel[t]` is tower t's kernel), so a mesh axis can shard
+the towers; each tower is computed with its own convolution / matmul (never a
+grouped convolution: XLA's backward pass for `feature_group_count` is slow,
+jax-ml/jax#13800).
+
+`apply` is written for the *local* towers of one device. Where the paper joins
+the towers (section 3.5, Fig. 2: conv3, fc6, fc7 and fc8 see both towers), it
+calls `_join`, which gathers the other towers over a named mesh axis when the
+towers are spread over devices. With `tower_axis=None` all towers are local and
+the same code is the single-device model. Placement (which axis, when) is
+decided in `alexnet_jax/sharding.py`; this module only names the joins.
+
+Layer table for the ImageNet configuration (per tower, two towers):
+
+    conv1 11x11x3 /4   48   -> ReLU -> LRN -> maxpool 3/2   55 -> 27
+    conv2  5x5x48 /1  128   -> ReLU -> LRN -> maxpool 3/2   27 -> 13   (own tower)
+    conv3  3x3x256/1  192   -> ReLU                         13         (both towers)
+    conv4  3x3x192/1  192   -> ReLU                         13         (own tower)
+    conv5  3x3x192/1  128   -> ReLU -> maxpool 3/2          13 -> 6    (own tower)
+    fc6   9216 -> 2048 -> ReLU -> dropout 0.5                          (both towers)
+    fc7   4096 -> 2048 -> ReLU -> dropout 0.5                          (both towers)
+    fc8   4096 -> classes (each tower holds the rows for its own fc7 units; the
+          partial logits are summed across towers, which is the paper's dense
+          fc8 exactly)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax.errors import ConfigError
+
+Params = dict[str, dict[str, jax.Array]]
+
+CONV_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
+# Layers whose input is the concatenation of all towers (paper section 3.5).
+JOINED_LAYERS = frozenset({'conv3', 'fc6', 'fc7', 'fc8'})
+# Paper section 5: biases are 1 in conv2, conv4, conv5 and the hidden FC layers.
+ONE_BIAS_LAYERS = frozenset({'conv2', 'conv4', 'conv5', 'fc6', 'fc7'})
+
+
+@dataclasses.dataclass(frozen=True)
+class AlexNetSpec:
+  """Hyperparameters of the network; `from_config` reads them from `config.model`."""
+
+  num_classes: int = 1000
+  image_size: int = 224
+  in_channels: int = 3
+  num_towers: int = 2
+  conv_features: tuple[int, ...] = (48, 128, 192, 192, 128)  # per tower
+  conv_kernels: tuple[int, ...] = (11, 5, 3, 3, 3)
+  conv1_stride: int = 4
+  # 'cuda_convnet': output 1 + ceil((in - k) / stride), the missing pixels
+  # padded with zeros at the bottom/right (224 -> 55); 'same': k // 2 on every
+  # side; or a number of pixels on every side, e.g. '2' (torchvision).
+  conv1_padding: str = 'cuda_convnet'
+  fc_features: int = 2048  # per tower
+  lrn: bool = True
+  # LRN, section 3.3: k=2, n=5, alpha=1e-4, beta=0.75.
+  lrn_k: float = 2.0
+  lrn_n: int = 5
+  lrn_alpha: float = 1e-4
+  lrn_beta: float = 0.75
+  pool_window: int = 3  # overlapping pooling, section 3.4
+  pool_stride: int = 2
+  dropout_rate: float = 0.5
+  init_std: float = 0.01  # section 5: N(0, 0.01) for every weight
+  init_bias_one: bool = True
+
+  @classmethod
+  def from_config(cls, model_config, num_classes: int, image_size: int,
+                  in_channels: int) -> 'AlexNetSpec':
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in model_config.items() if k in fields}
+    for k in ('conv_features', 'conv_kernels'):
+      if k in kwargs:
+        kwargs[k] = tuple(int(v) for v in kwargs[k])
+    return cls(**kwargs, num_classes=num_classes, image_size=image_size,
+               in_channels=in_channels)
+
+  # ---- shapes -------------------------------------------------------------
+  def conv1_pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
+    k, s, n = self.conv_kernels[0], self.conv1_stride, self.image_size
+    if self.conv1_padding == 'cuda_convnet':
+      out = 1 + math.ceil(max(n - k, 0) / s)
+      extra = (out - 1) * s + k - n
+      return ((0, extra), (0, extra))
+    if self.conv1_padding == 'same':
+      p = k // 2
+    elif str(self.conv1_padding).isdigit():
+      p = int(self.conv1_padding)
+    else:
+      raise ConfigError(f"model.conv1_padding={self.conv1_padding!r} is not 'cuda_convnet', "
+                        "'same' or a number of pixels.")
+    return ((p, p), (p, p))
+
+  def feature_sizes(self) -> list[int]:
+    """Spatial size after conv1, pool1, pool2, pool5 (55, 27, 13, 6 for ImageNet)."""
+    (lo, hi), _ = self.conv1_pads()
+    c1 = (self.image_size + lo + hi - self.conv_kernels[0]) // self.conv1_stride + 1
+    pool = lambda n: (n - self.pool_window) // self.pool_stride + 1
+    p1 = pool(c1)
+    p2 = pool(p1)  # conv2..5 are 'same' convolutions
+    p5 = pool(p2)
+    return [c1, p1, p2, p5]
+
+  def param_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Shapes of every parameter; leading axis T is the tower axis."""
+    t = self.num_towers
+    f = self.conv_features
+    k = self.conv_kernels
+    # Input channels of each conv: conv1 sees the image, conv3 both towers.
+    cin = [self.in_channels, f[0], t * f[1], f[2], f[3]]
+    shapes = {}
+    for i, name in enumerate(CONV_LAYERS):
+      shapes[name] = {'kernel': (t, k[i], k[i], cin[i], f[i]), 'bias': (t, f[i])}
+    p5 = self.feature_sizes()[-1]
+    if p5 < 1:
+      raise ConfigError(f'image_size {self.image_size} is too small for this network: '
+                       'the last pooling layer would have no output.')
+    flat = p5 * p5 * f[4]
+    h = self.fc_features
+    shapes['fc6'] = {'kernel': (t, t * flat, h), 'bias': (t, h)}
+    shapes['fc7'] = {'kernel': (t, t * h, h), 'bias': (t, h)}
+    # fc8: tower t holds the rows that multiply its own fc7 units.
+    shapes['fc8'] = {'kernel': (t, h, self.num_classes), 'bias': (self.num_classes,)}
+    return shapes
+
+  def num_params(self) -> int:
+    return sum(int(np.prod(s)) for layer in self.param_shapes().values()
+               for s in layer.values())
+
+
+def init_params(key: jax.Array, spec: AlexNetSpec, dtype=jnp.float32) -> Params:
+  """Paper section 5: weights ~ N(0, init_std); biases 1 in conv2/4/5, fc6/7, else 0."""
+  params = {}
+  shapes = spec.param_shapes()
+  keys = jax.random.split(key, len(shapes))
+  for k, (name, layer) in zip(keys, shapes.items()):
+    bias_value = 1.0 if (spec.init_bias_one and name in ONE_BIAS_LAYERS) else 0.0
+    params[name] = {
+        'kernel': spec.init_std * jax.random.normal(k, layer['kernel'], dtype),
+        'bias': jnp.full(layer['bias'], bias_value, dtype),
+    }
+  return params
+
+
+# ---- layers ------------------------------------------------------------------
+
+
+def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int = 1,
+         padding=None) -> jax.Array:
+  """One tower's convolution, NHWC x HWIO."""
+  if padding is None:  # 'same' for the odd kernels of conv2..5
+    p = kernel.shape[0] // 2
+    padding = ((p, p), (p, p))
+  y = jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), (stride, stride), padding,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  return y + bias.astype(x.dtype)
+
+
+def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5,
+                        alpha: float = 1e-4, beta: float = 0.75) -> jax.Array:
+  """Section 3.3 LRN across the channels of one tower.
+
+  Convention: alpha is divided by n, as in cuda-convnet(2), Caffe and PyTorch's
+  `LocalResponseNorm(n, alpha, beta, k)`, which is the convention that trained the
+  published model (TensorFlow's `local_response_normalization` would take
+  alpha / n directly). The window is clipped at the tower's first and last
+  channel and never crosses towers. Written as shifted slices so that XLA fuses
+  it with its neighbours (it is memory bound).
+  """
+  c = x.shape[-1]
+  half = n // 2
+  acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 inputs: accumulate in float32
+  sq = jnp.square(x.astype(acc))
+  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(half, n - 1 - half)])
+  window = sum(padded[..., i:i + c] for i in range(n))
+  base = k + (alpha / n) * window
+  if beta == 0.75:
+    scale = jax.lax.rsqrt(base) * jnp.sqrt(jax.lax.rsqrt(base))  # base ** -0.75
+  else:
+    scale = base ** (-beta)
+  return (x.astype(acc) * scale).astype(x.dtype)
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
+  """Overlapping max pooling (section 3.4), VALID as in cuda-convnet."""
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
+                               (1, stride, stride, 1), 'VALID')
+
+
+def dropout_masks(key: jax.Array, example_ids: jax.Array, layer: int,
+                  tower_ids: Sequence[int] | jax.Array, width: int,
+                  rate: float) -> jax.Array:
+  """Keep-masks of shape (local_towers, batch, width) / (1 - rate).
+
+  Each mask is drawn from fold_in(key, example, layer, tower): a function of the
+  global example index and the global tower index only, so the masks are the
+  same for every mesh and every way of splitting the batch.
+  """
+
+  def one(ex, tw):
+    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, ex), layer), tw)
+    return jax.random.bernoulli(k, 1.0 - rate, (width,))
+
+  per_tower = jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0))
+  keep = per_tower(example_ids, jnp.asarray(tower_ids))
+  return keep.astype(jnp.float32) / (1.0 - rate)
+
+
+# ---- the network -------------------------------------------------------------
+
+
+def _join(xs: list[jax.Array], tower_axis: str | None) -> jax.Array:
+  """Stack the local towers' maps and gather the remote ones: (T, ...) in tower order.
+
+  This is the only place activations cross devices in the paper's split; the
+  backward pass of the all-gather is a reduce-scatter of the gradients.
+  """
+  x = jnp.stack(xs)
+  if tower_axis is not None:
+    x = jax.lax.all_gather(x, tower_axis, axis=0, tiled=True)
+  return x
+
+
+def _towers_to_channels(x: jax.Array) -> jax.Array:
+  """(T, B, ..., C) -> (B, ..., T*C): tower t's maps are channels [t*C, (t+1)*C)."""
+  return jnp.moveaxis(x, 0, -2).reshape(*x.shape[1:-1], x.shape[0] * x.shape[-1])
+
+
+def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
+          train: bool = False, dropout_key: jax.Array | None = None,
+          example_ids: jax.Array | None = None,
+          conv_tower_axis: str | None = None,
+          fc_tower_axis: str | None = None,
+          fc_batch_axis: str | None = None,
+          compute_dtype=jnp.float32) -> jax.Array:
+  """Logits (float32, or float64 for float64 compute) for a batch of NHWC images.
+
+  Args:
+    params: the parameters of the towers held here (tower axis of length
+      T / devices on the tower axis) and the shared fc8 bias.
+    images: (B, H, W, C) float images, mean already subtracted.
+    spec: the network's hyperparameters.
+    train: apply dropout (then `dropout_key` and `example_ids` are required).
+    dropout_key: key of this step; masks are drawn per (example, tower).
+    example_ids: global index of each example of the fully connected stage.
+    conv_tower_axis: mesh axis the conv towers are spread over (paper split),
+      None when every conv tower is local.
+    fc_tower_axis: mesh axis the fully connected towers are spread over.
+    fc_batch_axis: for the hybrid of "One weird trick": the conv stage saw a
+      slice of the batch; gather the batch over this axis before fc6.
+    compute_dtype: dtype of activations and matmuls (parameters are cast).
+  """
+  x = images.astype(compute_dtype)
+  local_t = params['conv1']['kernel'].shape[0]
+
+  def tower_ids(axis, n_local):
+    first = 0 if axis is None else jax.lax.axis_index(axis) * n_local
+    return first + jnp.arange(n_local)
+
+  def conv_tower(name, xs, stride=1, padding=None):
+    p = params[name]
+    return [jax.nn.relu(conv(xi, p['kernel'][t], p['bias'][t], stride, padding))
+            for t, xi in enumerate(xs)]
+
+  def norm_pool(xs, lrn):
+    if lrn and spec.lrn:
+      xs = [local_response_norm(xi, spec.lrn_k, spec.lrn_n, spec.lrn_alpha, spec.lrn_beta)
+            for xi in xs]
+    return [max_pool(xi, spec.pool_window, spec.pool_stride) for xi in xs]
+
+  # conv1, conv2: each tower sees the image, then only itself.
+  xs = conv_tower('conv1', [x] * local_t, spec.conv1_stride, spec.conv1_pads())
+  xs = norm_pool(xs, lrn=True)
+  xs = norm_pool(conv_tower('conv2', xs), lrn=True)
+  # conv3 sees both towers.
+  joined = _towers_to_channels(_join(xs, conv_tower_axis))
+  xs = conv_tower('conv3', [joined] * local_t)
+  xs = conv_tower('conv4', xs)
+  xs = norm_pool(conv_tower('conv5', xs), lrn=False)
+
+  # fc6 sees both towers' pool5 maps, flattened tower by tower.
+  flat = _join([xi.reshape(xi.shape[0], -1) for xi in xs], conv_tower_axis)
+  flat = jnp.moveaxis(flat, 0, 1).reshape(flat.shape[1], -1)  # (B, T * features)
+  if fc_batch_axis is not None:
+    flat = jax.lax.all_gather(flat, fc_batch_axis, axis=0, tiled=True)
+
+  fc_local_t = params['fc6']['kernel'].shape[0]
+  fc_towers = tower_ids(fc_tower_axis, fc_local_t)
+
+  def dense_towers(name, h_in, layer_index):
+    p = params[name]
+    hs = [jax.nn.relu(h_in @ p['kernel'][t].astype(compute_dtype)
+                      + p['bias'][t].astype(compute_dtype)) for t in range(fc_local_t)]
+    if train and spec.dropout_rate > 0:
+      masks = dropout_masks(dropout_key, example_ids, layer_index, fc_towers,
+                            hs[0].shape[-1], spec.dropout_rate)
+      hs = [h * masks[t].astype(compute_dtype) for t, h in enumerate(hs)]
+    return hs
+
+  hs = dense_towers('fc6', flat, 6)
+  hs = dense_towers('fc7', _towers_to_channels(_join(hs, fc_tower_axis)), 7)
+  # fc8 = sum over towers of (own fc7 units) @ (own rows of the fc8 kernel).
+  w8 = params['fc8']['kernel']
+  out_dtype = jnp.promote_types(compute_dtype, jnp.float32)  # logits at least float32
+  logits = sum((h @ w8[t].astype(compute_dtype)).astype(out_dtype) for t, h in enumerate(hs))
+  if fc_tower_axis is not None:
+    logits = jax.lax.psum(logits, fc_tower_axis)
+  return logits + params['fc8']['bias'].astype(out_dtype)

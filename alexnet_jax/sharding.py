@@ -1,0 +1,164 @@
+"""Placement: the device mesh and where every array lives, for each parallelism mode.
+
+The mesh has two axes, `data` and `model`. Batches are always split over `data`.
+
+* `towers` (the paper, section 3.2): the tower axis of every parameter is split
+  over `model`; each device computes its own towers and activations cross
+  devices only at the joins the paper draws (conv3 input, fc6, fc7, fc8).
+* `data`: every device holds the whole model; the batch is split over every
+  device; the only collective is the gradient reduction.
+* `hybrid` ("One weird trick", Krizhevsky 2014): conv layers data parallel over
+  every device, fully connected towers split over `model`; before fc6 each
+  device gathers its `model` group's batch.
+
+The model code (`model.apply`) is written for the towers a device holds; this
+module says which mesh axis each of its joins runs over, and runs it under
+`jax.shard_map`, whose autodiff turns each forward all-gather into a backward
+reduce-scatter and sums parameter gradients over the devices that share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from alexnet_jax.errors import ConfigError
+
+PARALLELISM_MODES = ('towers', 'data', 'hybrid')
+DATA, MODEL = 'data', 'model'
+
+
+def mesh_shape(num_devices: int, data: int, model: int, parallelism: str,
+               num_towers: int) -> tuple[int, int]:
+  """Resolves the mesh shape from the config, failing with one clear sentence.
+
+  `model=0` is automatic: towers (or hybrid) over 2 devices when there are at
+  least 2 and they divide the towers, else 1; `data` or `model` = -1 fills with
+  the remaining devices.
+  """
+  if parallelism not in PARALLELISM_MODES:
+    raise ConfigError(f'parallelism={parallelism!r} is not one of {", ".join(PARALLELISM_MODES)}.')
+  if model == 0:
+    if parallelism == 'data' or num_devices < 2 or num_towers % 2:
+      model = 1
+    else:
+      model = 2
+    if data > 0 and data * model != num_devices and num_devices % data == 0:
+      model = num_devices // data
+  if data == -1 and model == -1:
+    raise ConfigError('Only one of mesh.data and mesh.model may be -1.')
+  if data == -1:
+    if model < 1 or num_devices % model:
+      raise ConfigError(f'mesh.model={model} does not divide the {num_devices} devices.')
+    data = num_devices // model
+  elif model == -1:
+    if data < 1 or num_devices % data:
+      raise ConfigError(f'mesh.data={data} does not divide the {num_devices} devices.')
+    model = num_devices // data
+  if data < 1 or model < 1:
+    raise ConfigError(f'mesh.data={data} and mesh.model={model} must be positive (or -1).')
+  if data * model != num_devices:
+    raise ConfigError(f'The mesh data={data} x model={model} needs {data * model} devices '
+                     f'but {num_devices} are available; set mesh.data / mesh.model '
+                     'so that their product is the device count (or use -1).')
+  if parallelism != 'data' and num_towers % model:
+    raise ConfigError(f'mesh.model={model} does not divide model.num_towers={num_towers}: '
+                     'each device must hold whole towers.')
+  return data, model
+
+
+def make_mesh(data: int, model: int, devices=None) -> jax.sharding.Mesh:
+  devices = jax.devices() if devices is None else devices
+  return jax.make_mesh((data, model), (DATA, MODEL), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the arrays of one parallelism mode live on a mesh."""
+
+  mesh: jax.sharding.Mesh
+  parallelism: str
+
+  @property
+  def num_data(self) -> int:
+    return self.mesh.shape[DATA]
+
+  @property
+  def num_model(self) -> int:
+    return self.mesh.shape[MODEL]
+
+  # ---- batches --------------------------------------------------------------
+  @property
+  def batch_axes(self) -> tuple[str, ...]:
+    """Mesh axes the images of the conv stage are split over."""
+    return (DATA,) if self.parallelism == 'towers' else (DATA, MODEL)
+
+  @property
+  def label_axes(self) -> tuple[str, ...]:
+    """Mesh axes the batch of the fully connected stage (and the loss) is split over."""
+    return (DATA, MODEL) if self.parallelism == 'data' else (DATA,)
+
+  @property
+  def batch_spec(self) -> P:
+    return P(self.batch_axes)
+
+  @property
+  def label_spec(self) -> P:
+    return P(self.label_axes)
+
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, self.batch_spec)
+
+  def label_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, self.label_spec)
+
+  def batch_divisor(self) -> int:
+    return math.prod(self.mesh.shape[a] for a in self.batch_axes)
+
+  def check_batch(self, batch_size: int, what: str = 'batch_size') -> None:
+    n = self.batch_divisor()
+    if batch_size < 1 or batch_size % n:
+      raise ConfigError(f'{what}={batch_size} is not divisible by the {n} batch shards of '
+                       f'the {self.parallelism} mesh {dict(self.mesh.shape)}.')
+
+  # ---- model ----------------------------------------------------------------
+  @property
+  def apply_axes(self) -> dict[str, str | None]:
+    """Which mesh axis each tower join of `model.apply` runs over."""
+    if self.parallelism == 'towers':
+      return dict(conv_tower_axis=MODEL, fc_tower_axis=MODEL, fc_batch_axis=None)
+    if self.parallelism == 'hybrid':
+      return dict(conv_tower_axis=None, fc_tower_axis=MODEL, fc_batch_axis=MODEL)
+    return dict(conv_tower_axis=None, fc_tower_axis=None, fc_batch_axis=None)
+
+  def param_spec(self, layer: str, name: str) -> P:
+    """The tower axis (axis 0) of a layer's arrays goes on `model` where that layer is split."""
+    if layer == 'fc8' and name == 'bias':
+      return P()
+    split = (self.parallelism == 'towers'
+             or (self.parallelism == 'hybrid' and layer.startswith('fc')))
+    return P(MODEL) if split else P()
+
+  def param_specs(self, params) -> dict:
+    return {layer: {name: self.param_spec(layer, name) for name in arrays}
+            for layer, arrays in params.items()}
+
+  def param_shardings(self, params) -> dict:
+    return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.param_specs(params))
+
+  def example_ids(self, local_batch: int) -> jax.Array:
+    """Global index of each example the fully connected stage sees on this device."""
+    shard = 0
+    for a in self.label_axes:
+      shard = shard * self.mesh.shape[a] + jax.lax.axis_index(a)
+    return shard * local_batch + jnp.arange(local_batch)
+
+
+def describe(layout: Layout) -> dict:
+  return {'parallelism': layout.parallelism, 'data': layout.num_data,
+          'model': layout.num_model, 'devices': layout.mesh.devices.size,
+          'batch_axes': list(layout.batch_axes)}

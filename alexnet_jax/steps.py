@@ -1,0 +1,132 @@
+"""The jitted train and eval steps, run under `jax.shard_map` on a `Layout`."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from alexnet_jax import model as model_lib
+from alexnet_jax.sharding import Layout
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  dropout_key: jax.Array  # dropout masks of step s use fold_in(dropout_key, s)
+
+
+def create_train_state(key: jax.Array, spec: model_lib.AlexNetSpec,
+                       tx: optax.GradientTransformation, layout: Layout) -> TrainState:
+  """Initialises parameters on the host (identical on every mesh) and places them."""
+  init_key, dropout_key = jax.random.split(key)
+  params = jax.jit(functools.partial(model_lib.init_params, spec=spec))(init_key)
+  params = jax.device_put(params, layout.param_shardings(params))
+  replicated = NamedSharding(layout.mesh, P())
+  with jax.set_mesh(layout.mesh):
+    opt_state = jax.jit(tx.init)(params)
+  return TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                    params=params, opt_state=opt_state,
+                    dropout_key=jax.device_put(jax.random.key_data(dropout_key), replicated))
+
+
+def _on_mesh(fn, mesh):
+  """Calls (and so traces) `fn` inside `jax.set_mesh(mesh)`; keeps `.lower` for HLO tests."""
+
+  @functools.wraps(fn)
+  def wrapped(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+
+  def lower(*args):
+    with jax.set_mesh(mesh):
+      return fn.lower(*args)
+
+  wrapped.lower = lower
+  return wrapped
+
+
+def _metric_sums(logits, labels, weights):
+  """Sums over the local examples: loss, top-1 and top-5 hits, example count."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  k = min(5, logits.shape[-1])
+  top = jax.lax.top_k(logits, k)[1]
+  hit5 = jnp.any(top == labels[:, None], axis=-1)
+  hit1 = top[:, 0] == labels
+  return {'loss': jnp.sum(ce * weights), 'top1': jnp.sum(hit1 * weights),
+          'top5': jnp.sum(hit5 * weights), 'count': jnp.sum(weights)}
+
+
+def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
+                    tx: optax.GradientTransformation, global_batch: int,
+                    compute_dtype=jnp.float32, donate: bool = True):
+  """Returns train_step(state, images, labels) -> (state, metrics)."""
+  axes = layout.apply_axes
+
+  def local_loss(params, images, labels, key):
+    local_b = labels.shape[0]
+    logits = model_lib.apply(params, images, spec, train=True, dropout_key=key,
+                             example_ids=layout.example_ids(local_b),
+                             compute_dtype=compute_dtype, **axes)
+    sums = _metric_sums(logits, labels, jnp.ones((local_b,), jnp.float32))
+    sums = jax.lax.psum(sums, layout.label_axes)
+    return sums['loss'] / global_batch, sums
+
+  def train_step(state: TrainState, images, labels):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
+    images = jax.reshard(images, layout.batch_spec)
+    labels = jax.reshard(labels, layout.label_spec)
+    specs = layout.param_specs(state.params)
+    loss_fn = jax.shard_map(
+        local_loss, mesh=layout.mesh,
+        in_specs=(specs, layout.batch_spec, layout.label_spec, P()),
+        out_specs=(P(), P()))
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, images, labels, key)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'top1': sums['top1'] / global_batch,
+               'top5': sums['top5'] / global_batch,
+               'grad_norm': optax.global_norm(grads)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return _on_mesh(jax.jit(train_step, donate_argnums=(0,) if donate else ()), layout.mesh)
+
+
+def make_eval_step(spec: model_lib.AlexNetSpec, layout: Layout, compute_dtype=jnp.float32):
+  """Returns eval_step(params, images, labels, weights) -> summed metrics.
+
+  `weights` is 0 for padding examples of a last, partial batch. With
+  `images` of shape (B, V, H, W, C) the softmax is averaged over the V views
+  (the paper's 10-crop test, section 4.1).
+  """
+  axes = layout.apply_axes
+
+  def local_eval(params, images, labels, weights):
+    if images.ndim == 5:
+      b, v = images.shape[:2]
+      logits = model_lib.apply(params, images.reshape(b * v, *images.shape[2:]), spec,
+                               compute_dtype=compute_dtype, **axes)
+      probs = jax.nn.softmax(logits).reshape(-1, v, logits.shape[-1]).mean(axis=1)
+      logits = jnp.log(probs)
+    else:
+      logits = model_lib.apply(params, images, spec, compute_dtype=compute_dtype, **axes)
+    return jax.lax.psum(_metric_sums(logits, labels, weights), layout.label_axes)
+
+  def eval_step(params, images, labels, weights):
+    images = jax.reshard(images, layout.batch_spec)
+    labels, weights = (jax.reshard(x, layout.label_spec) for x in (labels, weights))
+    return jax.shard_map(
+        local_eval, mesh=layout.mesh,
+        in_specs=(layout.param_specs(params), layout.batch_spec, layout.label_spec,
+                  layout.label_spec),
+        out_specs=P())(params, images, labels, weights)
+
+  return _on_mesh(jax.jit(eval_step), layout.mesh)

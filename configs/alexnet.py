@@ -1,0 +1,79 @@
+"""The paper: two-tower AlexNet on ImageNet (ILSVRC-2012), Krizhevsky et al. 2012, section 5.
+
+  python launch.py --config=configs/alexnet.py --workdir=runs/alexnet \
+      --config.data.manual_dir=/path/to/ILSVRC2012_tars
+
+Every other config starts from this one and changes what it must.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data: tfds imagenet2012 with its manual download (ILSVRC2012_img_train.tar and
+  # ILSVRC2012_img_val.tar in data.manual_dir).
+  config.dataset = 'imagenet2012'
+  config.data = ml_collections.ConfigDict()
+  config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation'
+  config.data.image_size = 224  # the network's input: random 224 crops (section 4.1)
+  config.data.channels = 3
+  config.data.num_classes = 1000
+  config.data.mean = 'pixel'  # subtract the training set's per-pixel mean (section 2)
+  config.data.crop_pad = 0  # random crops of the image zero-padded by this many pixels
+  config.data.flip = True  # random horizontal reflections (section 4.1)
+  config.data.synthetic_train_examples = 1024  # dataset='synthetic' only
+  config.data.synthetic_eval_examples = 256
+  config.data.prefetch = 2
+
+  # Model: the paper's two-tower network (section 3, Fig. 2).
+  config.model = ml_collections.ConfigDict()
+  config.model.num_towers = 2
+  config.model.conv_features = (48, 128, 192, 192, 128)  # per tower
+  config.model.conv_kernels = (11, 5, 3, 3, 3)
+  config.model.conv1_stride = 4
+  config.model.conv1_padding = 'cuda_convnet'  # 224 -> 55 (3 px of zeros bottom/right)
+  config.model.fc_features = 2048  # per tower
+  config.model.lrn = True
+  config.model.dropout_rate = 0.5
+  config.model.init_std = 0.01
+  config.model.init_bias_one = True
+  config.model.dtype = 'float32'  # compute dtype; parameters stay float32
+
+  # Optimisation (section 5).
+  config.batch_size = 128
+  config.num_epochs = 90
+  config.num_train_steps = -1  # -1: num_epochs * steps per epoch
+  config.learning_rate = 0.01
+  config.momentum = 0.9
+  config.weight_decay = 0.0005
+  config.lr_schedule = 'plateau'  # constant | step | plateau
+  config.lr_boundaries = (0.25, 0.5, 0.75)  # 'step': fractions of training
+  config.lr_factor = 0.1  # 'step' and 'plateau'
+  config.plateau_patience = 1  # evaluations without improvement before a drop
+  config.plateau_max_drops = 3  # the paper divided the rate by 10 three times
+
+  # Placement (alexnet_jax/sharding.py).
+  config.parallelism = 'towers'  # towers | data | hybrid
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # -1: the devices left over
+  config.mesh.model = 0  # 0: 2 when there are >= 2 devices (towers/hybrid), else 1
+
+  # Several hosts (jax.distributed). Empty / -1: JAX's cluster auto-detection,
+  # or a single process when nothing is detected.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator_address = ''
+  config.distributed.num_processes = -1
+  config.distributed.process_id = -1
+
+  config.seed = 0
+  config.log_every_steps = 100
+  config.eval_every_steps = -1  # -1: once per epoch
+  config.eval_batch_size = 256
+  config.checkpoint_every_steps = 5000
+  config.keep_checkpoints = 3
+  return config

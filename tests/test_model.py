@@ -1,0 +1,129 @@
+"""The network against the reference card's counts and an independent float64 NumPy model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import model
+from tests import numpy_alexnet
+
+# Reference card: parameters per layer of the two-tower net.
+CARD_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663_936,
+               'conv5': 442_624, 'fc6': 37_752_832, 'fc7': 16_781_312, 'fc8': 4_097_000}
+
+
+def test_parameter_count_matches_the_paper():
+  spec = model.AlexNetSpec()
+  shapes = spec.param_shapes()
+  for layer, count in CARD_PARAMS.items():
+    assert sum(int(np.prod(s)) for s in shapes[layer].values()) == count, layer
+  assert spec.num_params() == 60_965_224
+
+
+def test_feature_map_sizes_match_the_paper():
+  assert model.AlexNetSpec().feature_sizes() == [55, 27, 13, 6]
+  # 'cuda_convnet' padding: 3 px of zeros at the bottom/right for 224 inputs.
+  assert model.AlexNetSpec().conv1_pads() == ((0, 3), (0, 3))
+
+
+def test_init_follows_section_5():
+  spec = model.AlexNetSpec()
+  params = model.init_params(jax.random.key(0), spec)
+  for layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7'):
+    np.testing.assert_array_equal(params[layer]['bias'], 1.0)
+  for layer in ('conv1', 'conv3', 'fc8'):
+    np.testing.assert_array_equal(params[layer]['bias'], 0.0)
+  w = np.asarray(params['fc6']['kernel'])
+  assert abs(w.mean()) < 1e-4 and abs(w.std() - 0.01) < 1e-4
+
+
+def test_lrn_hand_computed():
+  # One pixel, 3 channels, n=5 -> every channel's window covers all 3.
+  a = np.array([1.0, 2.0, 3.0])
+  got = model.local_response_norm(jnp.asarray(a, jnp.float32)[None], k=2.0, n=5, alpha=1e-4,
+                                  beta=0.75)
+  want = a / (2.0 + 1e-4 / 5 * 14.0) ** 0.75
+  np.testing.assert_allclose(np.asarray(got)[0], want, rtol=1e-6)
+  # 7 channels: channel 0 sees 0..2, channel 3 sees 1..5.
+  a = np.arange(1.0, 8.0) * 30
+  got = np.asarray(model.local_response_norm(jnp.asarray(a, jnp.float32)[None]))[0]
+  np.testing.assert_allclose(got[0], a[0] / (2 + 2e-5 * (a[0:3] ** 2).sum()) ** 0.75, rtol=1e-6)
+  np.testing.assert_allclose(got[3], a[3] / (2 + 2e-5 * (a[1:6] ** 2).sum()) ** 0.75, rtol=1e-6)
+
+
+def _random_params(spec, seed):
+  """Random weights scaled so that every layer (and LRN) is in its working range."""
+  rng = np.random.default_rng(seed)
+  params = {}
+  for layer, shapes in spec.param_shapes().items():
+    fan_in = int(np.prod(shapes['kernel'][1:-1]))
+    std = 0.05 if layer == 'conv1' else 1.5 / np.sqrt(fan_in)
+    params[layer] = {'kernel': rng.normal(0, std, shapes['kernel']),
+                     'bias': rng.normal(0, 0.1, shapes['bias'])}
+  return params
+
+
+def test_forward_matches_float64_numpy_full_model():
+  spec = model.AlexNetSpec()
+  params64 = _random_params(spec, 0)
+  images = np.random.default_rng(1).uniform(-120, 120, (2, 224, 224, 3))
+  want = numpy_alexnet.forward(params64, images, 4, spec.conv1_pads())
+  params32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params64)
+  got = jax.jit(lambda p, x: model.apply(p, x, spec))(params32, jnp.asarray(images, jnp.float32))
+  rel = np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
+  assert np.abs(want).max() > 1.0  # a non-trivial output
+  assert rel < 1e-5, rel
+
+
+TINY = model.AlexNetSpec(num_classes=5, image_size=16, in_channels=2, num_towers=2,
+                         conv_features=(3, 4, 3, 3, 2), conv_kernels=(3, 3, 3, 3, 3),
+                         conv1_stride=1, conv1_padding='same', fc_features=4)
+
+
+def test_tiny_variant_matches_numpy():
+  params64 = _random_params(TINY, 2)
+  images = np.random.default_rng(3).uniform(-100, 100, (3, 16, 16, 2))
+  want = numpy_alexnet.forward(params64, images, 1, TINY.conv1_pads())
+  got = model.apply(jax.tree.map(jnp.asarray, params64), jnp.asarray(images, jnp.float32), TINY)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_gradient_matches_finite_differences():
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), _random_params(TINY, 4))
+    images = jnp.asarray(np.random.default_rng(5).uniform(-100, 100, (2, 16, 16, 2)))
+    labels = jnp.array([1, 3])
+
+    def loss(p):
+      logits = model.apply(p, images, TINY, compute_dtype=jnp.float64)
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
+
+    loss = jax.jit(loss)
+    grads = jax.grad(loss)(params)
+    rng = np.random.default_rng(6)
+    eps = 1e-6
+    for layer in ('conv1', 'conv3', 'conv5', 'fc6', 'fc8'):
+      for name in ('kernel', 'bias'):
+        for _ in range(3):
+          idx = tuple(rng.integers(0, n) for n in params[layer][name].shape)
+          bump = lambda d: jax.tree.map(lambda x: x, params) | {
+              layer: params[layer] | {name: params[layer][name].at[idx].add(d)}}
+          fd = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
+          np.testing.assert_allclose(grads[layer][name][idx], fd, rtol=1e-4, atol=1e-9,
+                                     err_msg=f'{layer}.{name}{idx}')
+
+
+def test_dropout_masks_depend_only_on_example_and_tower():
+  key = jax.random.key(0)
+  full = model.dropout_masks(key, jnp.arange(8), 6, [0, 1], 16, 0.5)
+  part = model.dropout_masks(key, jnp.arange(4, 8), 6, [1], 16, 0.5)
+  np.testing.assert_array_equal(full[1, 4:], part[0])
+  assert set(np.unique(np.asarray(full))) == {0.0, 2.0}
+  assert 0.35 < float((full > 0).mean()) < 0.65
+
+
+@pytest.mark.parametrize('image_size,expected', [(224, 6), (227, 6), (28, 2)])
+def test_pool5_size(image_size, expected):
+  spec = model.AlexNetSpec(image_size=image_size)
+  assert spec.feature_sizes()[-1] == expected
