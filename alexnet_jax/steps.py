@@ -37,6 +37,22 @@ def create_train_state(key: jax.Array, spec: model_lib.AlexNetSpec,
                     dropout_key=jax.device_put(jax.random.key_data(dropout_key), replicated))
 
 
+def abstract_train_state(spec: model_lib.AlexNetSpec, tx: optax.GradientTransformation,
+                         layout: Layout) -> TrainState:
+  """The state's shapes, dtypes and shardings on `layout`, without allocating it."""
+  params = jax.eval_shape(functools.partial(model_lib.init_params, spec=spec),
+                          jax.random.key(0))
+  params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
+                        params, layout.param_shardings(params))
+  with jax.set_mesh(layout.mesh):
+    opt_state = jax.eval_shape(tx.init, params)
+  replicated = NamedSharding(layout.mesh, P())
+  scalar = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
+  key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+  return TrainState(step=scalar(jnp.int32), params=params, opt_state=opt_state,
+                    dropout_key=scalar(key_data.dtype, key_data.shape))
+
+
 def _on_mesh(fn, mesh):
   """Calls (and so traces) `fn` inside `jax.set_mesh(mesh)`; keeps `.lower` for HLO tests."""
 

@@ -1,0 +1,159 @@
+"""Meshes on 8 CPU devices: same losses everywhere, the paper's traffic, memory per device."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import comm, model, optimizer, sharding, steps
+from tests import distributed_worker
+
+SMALL = model.AlexNetSpec(**distributed_worker.SPEC_KWARGS)
+MESHES = [('towers', 1, 1), ('towers', 1, 2), ('towers', 4, 2), ('data', 8, 1), ('hybrid', 4, 2)]
+
+
+def layout_for(parallelism, data, model_):
+  return sharding.Layout(sharding.make_mesh(data, model_, jax.devices()[:data * model_]),
+                         parallelism)
+
+
+def five_step_losses(layout, spec=SMALL, batch=16):
+  rng = np.random.default_rng(0)
+  images = rng.normal(0, 60, (5, batch, spec.image_size, spec.image_size, spec.in_channels))
+  labels = rng.integers(0, spec.num_classes, (5, batch))
+  tx = optimizer.paper_momentum(0.01)
+  state = steps.create_train_state(jax.random.key(0), spec, tx, layout)
+  train_step = steps.make_train_step(spec, layout, tx, batch)
+  losses = []
+  for x, y in zip(images.astype(np.float32), labels.astype(np.int32)):
+    state, metrics = train_step(state, jax.device_put(x, layout.batch_sharding()),
+                                jax.device_put(y, layout.label_sharding()))
+    losses.append(float(metrics['loss']))
+  return np.array(losses), state
+
+
+def test_same_losses_on_every_mesh():
+  reference, _ = five_step_losses(layout_for('towers', 1, 1))
+  assert np.all(np.isfinite(reference)) and len(set(reference.round(6))) > 1
+  for mode, d, m in MESHES[1:]:
+    losses, _ = five_step_losses(layout_for(mode, d, m))
+    np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f'{mode} {d}x{m}')
+
+
+def test_dropout_matters_and_is_mesh_independent():
+  # With dropout off the losses differ from the run above: the masks are used.
+  spec = model.AlexNetSpec(**{**distributed_worker.SPEC_KWARGS, 'dropout_rate': 0.0})
+  with_dropout, _ = five_step_losses(layout_for('towers', 1, 1))
+  without, _ = five_step_losses(layout_for('towers', 1, 1), spec)
+  assert np.abs(with_dropout - without).max() > 1e-4
+
+
+def compiled_collectives(layout, spec, batch):
+  tx = optimizer.paper_momentum(0.01)
+  state = steps.abstract_train_state(spec, tx, layout)
+  train_step = steps.make_train_step(spec, layout, tx, batch)
+  images = jax.ShapeDtypeStruct((batch, spec.image_size, spec.image_size, spec.in_channels),
+                                np.float32, sharding=layout.batch_sharding())
+  labels = jax.ShapeDtypeStruct((batch,), np.int32, sharding=layout.label_sharding())
+  text = train_step.lower(state, images, labels).compile().as_text()
+  return comm.collectives(text, (layout.num_data, layout.num_model))
+
+
+@pytest.mark.parametrize('data', [1, 4])
+def test_towers_mode_moves_only_the_joins_across_model(data):
+  spec, batch = model.AlexNetSpec(), 8 * data
+  colls = compiled_collectives(layout_for('towers', data, 2), spec, batch)
+  across_model = [c for c in colls if c.group_size > 1 and c.axes != 'data']
+  big = [c for c in across_model if c.result_bytes > 64]  # not a metric scalar
+  assert {c.op for c in big} == {'all-gather', 'reduce-scatter', 'all-reduce'}
+  assert all('shard_map' in c.name for c in big)
+  measured = sum(c.bytes_sent for c in across_model)
+  # Hand count per image, per device, one direction: 13*13*128 + 6*6*128 + 2048 values
+  # (conv3, fc6, fc7 inputs), the same back as gradients, plus 1000 summed logits.
+  per_image = (2 * (13 * 13 * 128 + 6 * 6 * 128 + 2048) + 1000) * 4
+  analytic = comm.towers_activation_bytes(spec, batch // data, 2)['total']
+  assert analytic == per_image * (batch // data)
+  assert abs(measured - analytic) <= 0.05 * analytic, (measured, analytic)
+  # Parameter gradients never cross the model axis: no collective there is weight-sized.
+  assert max(c.result_bytes for c in across_model) <= 2 * 13 * 13 * 128 * 4 * (batch // data)
+
+
+def test_data_mode_only_reduces_gradients():
+  spec = model.AlexNetSpec()
+  colls = [c for c in compiled_collectives(layout_for('data', 8, 1), spec, 16)
+           if c.group_size > 1]
+  assert {c.op for c in colls} == {'all-reduce'}
+  grad_bytes = 4 * 60_965_224
+  total = sum(c.result_bytes for c in colls)
+  assert grad_bytes <= total <= grad_bytes + 64  # + a few metric scalars
+
+
+def per_device_bytes(state, device):
+  total = 0
+  for leaf in jax.tree.leaves((state.params, state.opt_state)):
+    for shard in leaf.addressable_shards:
+      if shard.device == device:
+        total += shard.data.nbytes
+  return total
+
+
+def test_towers_halves_parameter_and_optimizer_memory():
+  spec = model.AlexNetSpec()
+  tx = optimizer.paper_momentum(0.01)
+  single = steps.create_train_state(jax.random.key(0), spec, tx, layout_for('towers', 1, 1))
+  one = per_device_bytes(single, jax.devices()[0])
+  del single
+  split = steps.create_train_state(jax.random.key(0), spec, tx, layout_for('towers', 1, 2))
+  for device in jax.devices()[:2]:
+    assert per_device_bytes(split, device) <= 0.52 * one
+
+
+@pytest.mark.parametrize('args,message', [
+    ((8, 3, 2, 'towers', 2), 'needs 6 devices but 8'),
+    ((8, -1, 3, 'towers', 2), 'does not divide the 8 devices'),
+    ((8, 2, 4, 'towers', 2), 'does not divide model.num_towers=2'),
+    ((8, -1, -1, 'towers', 2), 'Only one of'),
+    ((8, -1, 0, 'pipeline', 2), "parallelism='pipeline'"),
+])
+def test_impossible_meshes_fail_with_one_sentence(args, message):
+  with pytest.raises(ValueError, match=message):
+    sharding.mesh_shape(*args)
+
+
+def test_mesh_defaults():
+  assert sharding.mesh_shape(8, -1, 0, 'towers', 2) == (4, 2)
+  assert sharding.mesh_shape(1, -1, 0, 'towers', 2) == (1, 1)
+  assert sharding.mesh_shape(8, -1, 0, 'data', 2) == (8, 1)
+  assert sharding.mesh_shape(8, 8, -1, 'data', 2) == (8, 1)
+
+
+def test_batch_must_divide_the_data_axis():
+  with pytest.raises(ValueError, match='not divisible by the 4 batch shards'):
+    layout_for('towers', 4, 2).check_batch(18)
+  with pytest.raises(ValueError, match='not divisible by the 8 batch shards'):
+    layout_for('hybrid', 4, 2).check_batch(12)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  procs = [subprocess.Popen([sys.executable, distributed_worker.__file__, str(port), '2', str(i),
+                             str(tmp_path / f'{i}.json')], env=env) for i in range(2)]
+  for p in procs:
+    assert p.wait(timeout=300) == 0
+  multi = [json.loads((tmp_path / f'{i}.json').read_text()) for i in range(2)]
+  single = distributed_worker.train_losses()
+  np.testing.assert_allclose(multi[0], single, rtol=1e-5)
+  np.testing.assert_allclose(multi[1], single, rtol=1e-5)
