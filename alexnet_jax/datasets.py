@@ -93,6 +93,7 @@ def _builder_class():
               'label': tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
           }),
           supervised_keys=('image', 'label'),
+          disable_shuffling=True,  # keep the files' order: example i is image i
           homepage='https://github.com/zalandoresearch/fashion-mnist')
 
     def _split_generators(self, dl_manager):

@@ -30,6 +30,7 @@ Layer table for the ImageNet configuration (per tower, two towers):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Sequence
 
@@ -169,6 +170,48 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int = 1,
   return y + bias.astype(x.dtype)
 
 
+def _lrn_parts(x, k, n, alpha, beta):
+  """base = k + alpha/n * (window sum of x^2) and scale = base^-beta."""
+  c = x.shape[-1]
+  half = n // 2
+  padded = jnp.pad(jnp.square(x), [(0, 0)] * (x.ndim - 1) + [(half, n - 1 - half)])
+  base = k + (alpha / n) * sum(padded[..., i:i + c] for i in range(n))
+  if beta == 0.75:
+    scale = jax.lax.rsqrt(base) * jnp.sqrt(jax.lax.rsqrt(base))  # base ** -0.75
+  else:
+    scale = base ** (-beta)
+  return base, scale
+
+
+def _window_sum(v, n):
+  c = v.shape[-1]
+  half = n // 2
+  padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(half, n - 1 - half)])
+  return sum(padded[..., i:i + c] for i in range(n))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn(x, k, n, alpha, beta):
+  return x * _lrn_parts(x, k, n, alpha, beta)[1]
+
+
+def _lrn_fwd(x, k, n, alpha, beta):
+  base, scale = _lrn_parts(x, k, n, alpha, beta)
+  return x * scale, (x, scale, scale / base)
+
+
+def _lrn_bwd(k, n, alpha, beta, residuals, g):
+  # y_j = x_j base_j^-beta, base_j = k + alpha/n sum_{i in W(j)} x_i^2, so
+  # dx_i = g_i scale_i - 2 beta alpha/n x_i sum_{j: i in W(j)} g_j x_j scale_j / base_j;
+  # the window is symmetric (n odd), so that last sum is the same window sum.
+  x, scale, scale_over_base = residuals
+  t = g * x * scale_over_base
+  return (g * scale - (2.0 * beta * alpha / n) * x * _window_sum(t, n),)
+
+
+_lrn.defvjp(_lrn_fwd, _lrn_bwd)
+
+
 def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5,
                         alpha: float = 1e-4, beta: float = 0.75) -> jax.Array:
   """Section 3.3 LRN across the channels of one tower.
@@ -178,20 +221,13 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5,
   published model (TensorFlow's `local_response_normalization` would take
   alpha / n directly). The window is clipped at the tower's first and last
   channel and never crosses towers. Written as shifted slices so that XLA fuses
-  it with its neighbours (it is memory bound).
+  it with its neighbours (it is memory bound), with a hand-written backward pass
+  (XLA would recompute the window and the power once per tap).
   """
-  c = x.shape[-1]
-  half = n // 2
+  if n % 2 == 0:
+    raise ConfigError(f'LRN size n={n} must be odd (a window centred on each channel).')
   acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 inputs: accumulate in float32
-  sq = jnp.square(x.astype(acc))
-  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(half, n - 1 - half)])
-  window = sum(padded[..., i:i + c] for i in range(n))
-  base = k + (alpha / n) * window
-  if beta == 0.75:
-    scale = jax.lax.rsqrt(base) * jnp.sqrt(jax.lax.rsqrt(base))  # base ** -0.75
-  else:
-    scale = base ** (-beta)
-  return (x.astype(acc) * scale).astype(x.dtype)
+  return _lrn(x.astype(acc), float(k), int(n), float(alpha), float(beta)).astype(x.dtype)
 
 
 def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
@@ -275,6 +311,16 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
     return [jax.nn.relu(conv(xi, p['kernel'][t], p['bias'][t], stride, padding))
             for t, xi in enumerate(xs)]
 
+  def conv_shared_input(name, xi, stride=1, padding=None):
+    # Towers that see the same input (conv1: the image, conv3: both towers) run as
+    # one convolution with their kernels side by side on the output axis; every
+    # output channel is computed exactly as by its own tower's convolution.
+    p = params[name]
+    kernel = jnp.concatenate(list(p['kernel']), axis=-1)
+    bias = jnp.concatenate(list(p['bias']), axis=-1)
+    y = jax.nn.relu(conv(xi, kernel, bias, stride, padding))
+    return jnp.split(y, local_t, axis=-1)
+
   def norm_pool(xs, lrn):
     if lrn and spec.lrn:
       xs = [local_response_norm(xi, spec.lrn_k, spec.lrn_n, spec.lrn_alpha, spec.lrn_beta)
@@ -282,12 +328,12 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
     return [max_pool(xi, spec.pool_window, spec.pool_stride) for xi in xs]
 
   # conv1, conv2: each tower sees the image, then only itself.
-  xs = conv_tower('conv1', [x] * local_t, spec.conv1_stride, spec.conv1_pads())
+  xs = conv_shared_input('conv1', x, spec.conv1_stride, spec.conv1_pads())
   xs = norm_pool(xs, lrn=True)
   xs = norm_pool(conv_tower('conv2', xs), lrn=True)
   # conv3 sees both towers.
   joined = _towers_to_channels(_join(xs, conv_tower_axis))
-  xs = conv_tower('conv3', [joined] * local_t)
+  xs = conv_shared_input('conv3', joined)
   xs = conv_tower('conv4', xs)
   xs = norm_pool(conv_tower('conv5', xs), lrn=False)
 
@@ -302,8 +348,11 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
 
   def dense_towers(name, h_in, layer_index):
     p = params[name]
-    hs = [jax.nn.relu(h_in @ p['kernel'][t].astype(compute_dtype)
-                      + p['bias'][t].astype(compute_dtype)) for t in range(fc_local_t)]
+    # One batched matmul over the tower axis: the kernel gradient lands in the
+    # stacked (T, in, out) layout with no per-tower slices or copies.
+    h_towers = jnp.broadcast_to(h_in, (fc_local_t, *h_in.shape))
+    y = jnp.einsum('tbi,tio->tbo', h_towers, p['kernel'].astype(compute_dtype))
+    hs = list(jax.nn.relu(y + p['bias'][:, None].astype(compute_dtype)))
     if train and spec.dropout_rate > 0:
       masks = dropout_masks(dropout_key, example_ids, layer_index, fc_towers,
                             hs[0].shape[-1], spec.dropout_rate)

@@ -123,7 +123,12 @@ def test_dropout_masks_depend_only_on_example_and_tower():
   assert 0.35 < float((full > 0).mean()) < 0.65
 
 
-@pytest.mark.parametrize('image_size,expected', [(224, 6), (227, 6), (28, 2)])
-def test_pool5_size(image_size, expected):
-  spec = model.AlexNetSpec(image_size=image_size)
-  assert spec.feature_sizes()[-1] == expected
+@pytest.mark.parametrize('kwargs,expected', [
+    (dict(image_size=224), [55, 27, 13, 6]),
+    (dict(image_size=227, conv1_padding='0'), [55, 27, 13, 6]),  # Caffe's 227 crops
+    (dict(image_size=224, conv1_padding='2'), [55, 27, 13, 6]),  # torchvision's padding
+    (dict(image_size=28, conv_kernels=(3, 5, 3, 3, 3), conv1_stride=1, conv1_padding='same'),
+     [28, 13, 6, 2]),  # configs/fashion_mnist.py
+])
+def test_feature_sizes(kwargs, expected):
+  assert model.AlexNetSpec(**kwargs).feature_sizes() == expected
