@@ -170,24 +170,22 @@ def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int = 1,
   return y + bias.astype(x.dtype)
 
 
+def _window_sum(v, n):
+  """Sum over the n channels centred on each channel, clipped at the tower's edges."""
+  c = v.shape[-1]
+  half = n // 2
+  padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(half, n - 1 - half)])
+  return sum(padded[..., i:i + c] for i in range(n))
+
+
 def _lrn_parts(x, k, n, alpha, beta):
   """base = k + alpha/n * (window sum of x^2) and scale = base^-beta."""
-  c = x.shape[-1]
-  half = n // 2
-  padded = jnp.pad(jnp.square(x), [(0, 0)] * (x.ndim - 1) + [(half, n - 1 - half)])
-  base = k + (alpha / n) * sum(padded[..., i:i + c] for i in range(n))
+  base = k + (alpha / n) * _window_sum(jnp.square(x), n)
   if beta == 0.75:
     scale = jax.lax.rsqrt(base) * jnp.sqrt(jax.lax.rsqrt(base))  # base ** -0.75
   else:
     scale = base ** (-beta)
   return base, scale
-
-
-def _window_sum(v, n):
-  c = v.shape[-1]
-  half = n // 2
-  padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(half, n - 1 - half)])
-  return sum(padded[..., i:i + c] for i in range(n))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))

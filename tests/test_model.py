@@ -52,6 +52,20 @@ def test_lrn_hand_computed():
   np.testing.assert_allclose(got[3], a[3] / (2 + 2e-5 * (a[1:6] ** 2).sum()) ** 0.75, rtol=1e-6)
 
 
+def test_lrn_gradient_matches_finite_differences():
+  # Activations of a few hundred make the alpha term a large part of the denominator.
+  with jax.enable_x64(True):
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 400, (2, 3, 7)))
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 7)))
+    f = jax.jit(lambda x: jnp.sum(w * model.local_response_norm(x)))
+    grad = jax.grad(f)(x)
+    for idx in [(0, 0, 0), (0, 1, 3), (1, 2, 6), (1, 0, 5)]:
+      e = jnp.zeros_like(x).at[idx].set(1e-4)
+      np.testing.assert_allclose(grad[idx], (f(x + e) - f(x - e)) / 2e-4, rtol=1e-6)
+    scale_term = (2 + 2e-5 * np.sum(np.asarray(x)[..., :3] ** 2, -1)) ** -0.75
+    assert np.abs(np.asarray(grad)[..., 0] / np.asarray(w)[..., 0] - scale_term).max() > 1e-3
+
+
 def _random_params(spec, seed):
   """Random weights scaled so that every layer (and LRN) is in its working range."""
   rng = np.random.default_rng(seed)
