@@ -1,0 +1,390 @@
+"""Train-step throughput of the 224x224 two-tower AlexNet: JAX against PyTorch, in one run.
+
+Run from the repository root:
+
+    python benchmarks/train_step.py                         # backend defaults
+    python benchmarks/train_step.py --batch_sizes=32 --dtypes=float32,bfloat16
+    python benchmarks/train_step.py --notorch_compile --json_out=/tmp/train_step.json
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 \\
+        python benchmarks/train_step.py --modes=towers,data,hybrid   # meshes on CPU
+
+What is timed: one training step (forward, backward, paper momentum update) on a
+synthetic batch.
+
+* JAX: `steps.make_train_step` of `model.AlexNetSpec()` with `optimizer.paper_momentum(0.01)`
+  and a state from `steps.create_train_state`, for every batch size, compute dtype
+  (`float32`, or `bfloat16` activations with float32 parameters) and parallelism mode
+  (`towers`, `data`, `hybrid`; the mesh from `sharding.mesh_shape`).
+* PyTorch (optional; skipped with a note if `torch` does not import): the same network
+  (grouped convolutions for conv2/4/5, LRN, overlapping pooling, dropout, conv1 padded
+  3 px bottom/right to 55x55) with `torch.optim.SGD(lr=0.01, momentum=0.9,
+  weight_decay=5e-4)`, eager and `torch.compile`. On GPU the bfloat16 rows use AMP
+  autocast with channels_last, and torchvision's one-tower `alexnet` is added when
+  torchvision imports. On CPU torch runs in float32 only.
+
+Method: build and compile every variant of a (batch, dtype), run `--warmup` steps,
+then `--repeats` rounds in which each variant in turn runs `--steps` steps
+(synchronised with `jax.block_until_ready` / `torch.cuda.synchronize`), so the
+JAX and torch repeats alternate and a background load hits them alike. Figures are
+medians over the repeats; compare only ratios taken in the same run.
+
+Columns: images/s and step time; MFU = FLOPs per step / step time / peak FLOP/s, with
+FLOPs per step from the compiled executable's `cost_analysis()` (`xla`) or else the
+reference card's 4.35 GFLOP per image (`card`; torch rows always use the card), and
+the peak measured in this run with a large `jnp.dot` (bfloat16 and float32 on GPU;
+on CPU one float32 matmul peak serves both dtypes, and forced host devices share it);
+memory per device from `compiled.memory_analysis()` (arguments + outputs - donated
+aliases + temporaries), or `memory_stats()['peak_bytes_in_use']` where only that is
+reported; `torch.cuda.max_memory_allocated` for torch on GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import importlib.metadata
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# torch and JAX share the GPU: keep JAX from reserving most of its memory up front.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+from absl import app, flags  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from alexnet_jax import model, optimizer, sharding, steps  # noqa: E402
+
+try:
+  import torch
+  import torch.nn.functional as F
+except ImportError:
+  torch = None
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list('batch_sizes', None, 'Global batch sizes; default 32 on CPU, 128,256,512 on GPU.')
+flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (parameters stay float32).')
+flags.DEFINE_list('modes', None, 'Parallelism modes; default towers,data,hybrid with >= 2 '
+                  'devices, else towers.')
+flags.DEFINE_integer('steps', None, 'Steps per timed repeat; default 2 on CPU, 20 on GPU.')
+flags.DEFINE_integer('repeats', 5, 'Timed repeats per variant; the median is reported.')
+flags.DEFINE_integer('warmup', None, 'Untimed steps after compiling; default 1 on CPU, 5 on GPU.')
+flags.DEFINE_integer('matmul_size', None, 'Side of the square matmul that measures the peak; '
+                     'default 2048 on CPU, 8192 on GPU.')
+flags.DEFINE_bool('torch', True, 'Time the PyTorch baseline (if torch imports).')
+flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+flags.DEFINE_string('json_out', None, 'Write the header and all rows as JSON here.')
+
+CARD_FLOPS_PER_IMAGE = 4.35e9  # reference card: training step ~ 3 x 1.449 GFLOP forward
+JAX_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def matmul_peak(dtype, n: int, repeats: int = 5, chain: int = 4) -> float:
+  """FLOP/s of `chain` back-to-back (n, n) @ (n, n) products with jnp.dot on device 0."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+
+  def run():
+    jax.block_until_ready([dot(a, b) for _ in range(chain)])
+
+  return chain * 2 * n ** 3 / _median_seconds(run, repeats)
+
+
+class JaxVariant:
+  """The compiled JAX train step of one (mode, batch, dtype) with its state and batch."""
+
+  framework = 'jax'
+
+  def __init__(self, spec, mode: str, batch: int, dtype: str):
+    n = jax.device_count()
+    data, model_ = sharding.mesh_shape(n, -1, 0, mode, spec.num_towers)
+    layout = sharding.Layout(sharding.make_mesh(data, model_), mode)
+    layout.check_batch(batch)
+    self.variant, self.mode, self.batch, self.dtype = 'jit', f'{mode} {data}x{model_}', batch, dtype
+    self.devices = n
+    tx = optimizer.paper_momentum(0.01)
+    self.state = steps.create_train_state(jax.random.key(0), spec, tx, layout)
+    rng = np.random.default_rng(0)
+    images = rng.normal(0, 60, (batch, spec.image_size, spec.image_size, spec.in_channels))
+    self.images = jax.device_put(images.astype(np.float32), layout.batch_sharding())
+    self.labels = jax.device_put(rng.integers(0, spec.num_classes, batch).astype(np.int32),
+                                 layout.label_sharding())
+    train_step = steps.make_train_step(spec, layout, tx, batch, compute_dtype=JAX_DTYPES[dtype])
+    t0 = time.perf_counter()
+    self.step = train_step.lower(self.state, self.images, self.labels).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.flops, self.flops_source = self._flops(batch)
+    self.memory_bytes = self._memory_bytes()
+
+  def _flops(self, batch: int) -> tuple[float, str]:
+    """FLOPs of one step on all devices: XLA's count per device x devices, else the card's."""
+    cost = self.step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if cost and cost.get('flops', 0) > 0:
+      return cost['flops'] * self.devices, 'xla'
+    return CARD_FLOPS_PER_IMAGE * batch, 'card'
+
+  def _memory_bytes(self) -> int | None:
+    mem = self.step.memory_analysis()
+    if mem is not None:
+      return (mem.argument_size_in_bytes + mem.output_size_in_bytes
+              - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get('peak_bytes_in_use')
+
+  def run(self, n: int) -> None:
+    metrics = None
+    for _ in range(n):
+      self.state, metrics = self.step(self.state, self.images, self.labels)
+    jax.block_until_ready((self.state, metrics))
+
+
+def torch_alexnet(spec):
+  """The two-tower network in PyTorch, both towers in one module (groups=2), paper init."""
+  nn = torch.nn
+  f = [2 * c for c in spec.conv_features]
+  (_, pad), _ = spec.conv1_pads()
+
+  class AlexNet(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.conv1 = nn.Conv2d(spec.in_channels, f[0], 11, stride=4)
+      self.conv2 = nn.Conv2d(f[0], f[1], 5, padding=2, groups=2)
+      self.conv3 = nn.Conv2d(f[1], f[2], 3, padding=1)
+      self.conv4 = nn.Conv2d(f[2], f[3], 3, padding=1, groups=2)
+      self.conv5 = nn.Conv2d(f[3], f[4], 3, padding=1, groups=2)
+      self.lrn = nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)
+      self.pool = nn.MaxPool2d(3, 2)
+      self.fc6 = nn.Linear(f[4] * 6 * 6, 2 * spec.fc_features)
+      self.fc7 = nn.Linear(2 * spec.fc_features, 2 * spec.fc_features)
+      self.fc8 = nn.Linear(2 * spec.fc_features, spec.num_classes)
+      self.dropout = nn.Dropout(0.5)
+      for name, m in self.named_children():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+          nn.init.normal_(m.weight, 0.0, 0.01)
+          nn.init.constant_(m.bias, 1.0 if name in model.ONE_BIAS_LAYERS else 0.0)
+
+    def forward(self, x):
+      x = F.pad(x, (0, pad, 0, pad))  # cuda-convnet sizing: 224 -> 55
+      x = self.pool(self.lrn(F.relu(self.conv1(x))))
+      x = self.pool(self.lrn(F.relu(self.conv2(x))))
+      x = F.relu(self.conv4(F.relu(self.conv3(x))))
+      x = self.pool(F.relu(self.conv5(x))).flatten(1)
+      x = self.dropout(F.relu(self.fc6(x)))
+      x = self.dropout(F.relu(self.fc7(x)))
+      return self.fc8(x)
+
+  return AlexNet()
+
+
+class TorchVariant:
+  """One PyTorch train step: model, optimizer and a synthetic batch on the torch device."""
+
+  framework = 'torch'
+  mode = '1 device'
+  flops_source = 'card'
+
+  def __init__(self, spec, variant: str, batch: int, dtype: str, device):
+    self.variant, self.batch, self.dtype, self.device = variant, batch, dtype, device
+    self.flops = CARD_FLOPS_PER_IMAGE * batch
+    torch.manual_seed(0)
+    if variant.startswith('torchvision'):
+      import torchvision
+      net = torchvision.models.alexnet(num_classes=spec.num_classes)
+    else:
+      net = torch_alexnet(spec)
+    self.amp = dtype == 'bfloat16'  # only offered on GPU
+    memory_format = torch.channels_last if self.amp else torch.contiguous_format
+    net = net.to(device, memory_format=memory_format).train()
+    self.opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    self.net = torch.compile(net, dynamic=False) if variant == 'compile' else net
+    self.images = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size,
+                              device=device).contiguous(memory_format=memory_format) * 60
+    self.labels = torch.randint(0, spec.num_classes, (batch,), device=device)
+    self.memory_bytes = None
+    t0 = time.perf_counter()
+    self.run(1)  # torch.compile compiles here
+    self.compile_s = time.perf_counter() - t0 if variant == 'compile' else None
+
+  def _sync(self):
+    if self.device.type == 'cuda':
+      torch.cuda.synchronize(self.device)
+
+  def run(self, n: int) -> None:
+    cuda = self.device.type == 'cuda'
+    if cuda:
+      torch.cuda.reset_peak_memory_stats(self.device)
+    for _ in range(n):
+      self.opt.zero_grad(set_to_none=True)
+      with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+        loss = F.cross_entropy(self.net(self.images), self.labels)
+      loss.backward()
+      self.opt.step()
+    self._sync()
+    if cuda:
+      self.memory_bytes = max(self.memory_bytes or 0,
+                              torch.cuda.max_memory_allocated(self.device))
+
+
+def torch_variant_names(on_gpu: bool, dtype: str) -> list[str]:
+  if torch is None or not FLAGS.torch or (dtype == 'bfloat16' and not on_gpu):
+    return []
+  names = ['eager'] + (['compile'] if FLAGS.torch_compile else [])
+  if on_gpu:
+    try:
+      import torchvision  # noqa: F401
+      names.append('torchvision alexnet eager')
+    except ImportError:
+      pass
+  return names
+
+
+def measure(variants, steps: int, warmup: int, repeats: int) -> list[list[float]]:
+  """Warm up each variant, then time `repeats` rounds of `steps` steps, alternating variants."""
+  for v in variants:
+    v.run(warmup)
+  times = [[] for _ in variants]
+  for _ in range(repeats):
+    for v, t in zip(variants, times):
+      t0 = time.perf_counter()
+      v.run(steps)
+      t.append((time.perf_counter() - t0) / steps)
+  return times
+
+
+def make_row(v, step_times: list[float], peak: float | None) -> dict:
+  step_s = statistics.median(step_times)
+  return {
+      'framework': v.framework, 'variant': v.variant, 'mode': v.mode, 'batch': v.batch,
+      'dtype': v.dtype, 'images_per_s': v.batch / step_s, 'step_ms': 1e3 * step_s,
+      'step_ms_all': [1e3 * t for t in step_times],
+      'flops_per_step': v.flops, 'flops_source': v.flops_source,
+      'mfu': v.flops / step_s / peak if peak else None,
+      'memory_mb': v.memory_bytes / 2**20 if v.memory_bytes else None,
+      'compile_s': v.compile_s,
+  }
+
+
+def add_ratios(rows: list[dict]) -> None:
+  """JAX images/s over the torch eager and torch.compile rows of the same batch and dtype."""
+  torch_rows = {(r['variant'], r['batch'], r['dtype']): r for r in rows if r['framework'] == 'torch'}
+  for r in rows:
+    if r['framework'] != 'jax':
+      continue
+    for variant, key in (('eager', 'vs_torch_eager'), ('compile', 'vs_torch_compile')):
+      ref = torch_rows.get((variant, r['batch'], r['dtype']))
+      r[key] = r['images_per_s'] / ref['images_per_s'] if ref else None
+
+
+def markdown_table(rows: list[dict]) -> str:
+  fmt = lambda x, spec: '-' if x is None else format(x, spec)
+  lines = ['| framework | variant | mode | batch | dtype | img/s | step ms | MFU | FLOPs | '
+           'mem MiB | compile s | JAX/torch-eager | JAX/torch.compile |',
+           '|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(
+        f"| {r['framework']} | {r['variant']} | {r['mode']} | {r['batch']} | {r['dtype']} | "
+        f"{r['images_per_s']:.1f} | {r['step_ms']:.0f} | {fmt(r['mfu'], '.1%')} | "
+        f"{r['flops_per_step'] / r['batch'] / 1e9:.2f}G/img {r['flops_source']} | "
+        f"{fmt(r['memory_mb'], '.0f')} | {fmt(r['compile_s'], '.1f')} | "
+        f"{fmt(r.get('vs_torch_eager'), '.2f')} | {fmt(r.get('vs_torch_compile'), '.2f')} |")
+  return '\n'.join(lines)
+
+
+def device_name() -> str:
+  dev = jax.devices()[0]
+  if dev.platform != 'cpu':
+    return f'{jax.device_count()} x {dev.device_kind}'
+  model_name = 'unknown CPU'
+  try:
+    with open('/proc/cpuinfo') as f:
+      model_name = next((line.split(':', 1)[1].strip() for line in f
+                         if line.startswith('model name')), model_name)
+  except OSError:
+    pass
+  return f'{model_name}, {os.cpu_count()} cores, {jax.device_count()} JAX CPU device(s)'
+
+
+def main(argv):
+  del argv
+  on_gpu = jax.devices()[0].platform == 'gpu'
+  batches = [int(b) for b in (FLAGS.batch_sizes or (['128', '256', '512'] if on_gpu else ['32']))]
+  modes = FLAGS.modes or (list(sharding.PARALLELISM_MODES) if jax.device_count() >= 2
+                          else ['towers'])
+  steps_per_repeat = FLAGS.steps or (20 if on_gpu else 2)
+  warmup = FLAGS.warmup if FLAGS.warmup is not None else (5 if on_gpu else 1)
+  matmul_size = FLAGS.matmul_size or (8192 if on_gpu else 2048)
+  spec = model.AlexNetSpec()
+
+  header = {
+      'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+      'device': device_name(), 'jax': jax.__version__,
+      'jaxlib': importlib.metadata.version('jaxlib'),
+      'torch': torch.__version__ if torch is not None else None,
+      'torch_threads': torch.get_num_threads() if torch is not None else None,
+      'steps_per_repeat': steps_per_repeat, 'repeats': FLAGS.repeats, 'warmup': warmup,
+  }
+  peaks = {'float32': matmul_peak(jnp.float32, matmul_size)}
+  if on_gpu:
+    peaks['bfloat16'] = matmul_peak(jnp.bfloat16, matmul_size)
+    header['peak_note'] = f'jnp.dot {matmul_size}^2 per dtype (default precision), per device'
+  else:
+    header['peak_note'] = (f'jnp.dot {matmul_size}^2 float32 on the CPU, used for both dtypes '
+                           'and shared by all host devices')
+  header['peak_flops'] = peaks
+  for k, v in header.items():
+    print(f'{k}: {v}')
+  if torch is None:
+    print('note: torch does not import; timing JAX only.')
+  elif not on_gpu and 'bfloat16' in FLAGS.dtypes:
+    print('note: on CPU torch runs float32 only; bfloat16 JAX rows have no torch ratio.')
+  torch_device = torch.device('cuda' if on_gpu else 'cpu') if torch is not None else None
+
+  rows = []
+  for batch in batches:
+    for dtype in FLAGS.dtypes:
+      variants = []
+      for mode in modes:
+        print(f'# compiling jax {mode} batch {batch} {dtype}', file=sys.stderr, flush=True)
+        try:
+          variants.append(JaxVariant(spec, mode, batch, dtype))
+        except ValueError as e:  # ConfigError: batch not divisible by the mesh
+          print(f'note: skipping jax {mode} batch {batch}: {e}')
+      for name in torch_variant_names(on_gpu, dtype):
+        print(f'# building torch {name} batch {batch} {dtype}', file=sys.stderr, flush=True)
+        variants.append(TorchVariant(spec, name, batch, dtype, torch_device))
+      times = measure(variants, steps_per_repeat, warmup, FLAGS.repeats)
+      peak = peaks.get(dtype, peaks['float32'])
+      rows.extend(make_row(v, t, peak) for v, t in zip(variants, times))
+      del variants
+      gc.collect()
+      if on_gpu and torch is not None:
+        torch.cuda.empty_cache()
+
+  add_ratios(rows)
+  print()
+  print(markdown_table(rows))
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, 'w') as f:
+      json.dump({'header': header, 'rows': rows}, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main)
