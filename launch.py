@@ -1,7 +1,12 @@
-"""Entrypoint: python launch.py --config=configs/alexnet.py --workdir=runs/x [--config.<field>=<value>]."""
+"""Entrypoint: python launch.py --config=configs/alexnet.py --workdir=runs/x [--config.<field>=<value>].
 
+--mode=eval evaluates the workdir's latest checkpoint (or --checkpoint_step's) without training.
+A problem with the flags, config or workdir prints one line, 'error: <sentence>', and exits 1.
+"""
+
+import json
 import logging as py_logging
-import os
+import re
 import sys
 
 from absl import app
@@ -12,7 +17,34 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and run.json.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+                  'train: train (resuming from the latest checkpoint); eval: evaluate a '
+                  'checkpoint, centre view and 10-crop, without training.')
+flags.DEFINE_integer('checkpoint_step', -1, '--mode=eval: the step to evaluate (-1: latest).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _fail(message: str):
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's parser, with its errors (and ml_collections' traceback for an unknown config
+  field) turned into one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).rstrip('.') + '.')
+  except (AttributeError, KeyError) as e:  # an unknown --config.<field>
+    text = str(e).replace('\\n', ' ').replace("\\'", "'")
+    name = re.search(r"'([A-Za-z0-9_]+)'", text)
+    name = name.group(1) if name else text
+    arg = next((a.split('=')[0] for a in argv if a.startswith('--config.')
+                and re.search(rf'[.]{re.escape(name)}(=|$)', a.split('=')[0])), name)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    _fail(f'{arg} is not a config field' + (f' (did you mean {hint.group(1)}?).' if hint
+                                             else '.'))
 
 
 def initialize_distributed(config) -> None:
@@ -38,19 +70,20 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   workdir = FLAGS.workdir
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise app.UsageError(f'--workdir={workdir} is a file, not a directory.')
   initialize_distributed(config)
 
   from alexnet_jax import train  # imports JAX after the distributed setup
   from alexnet_jax.errors import UserError
 
   try:
+    if FLAGS.mode == 'eval':
+      step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
+      result = train.evaluate_checkpoint(config, workdir, step)
+      print('eval: ' + json.dumps(result), flush=True)
+      return
     result = train.train_and_evaluate(config, workdir)
   except (UserError, FloatingPointError) as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+    _fail(str(e))
   logging.info('Final evaluation: %s', result)
 
 
@@ -59,9 +92,11 @@ class _QuietLibraries(py_logging.Filter):
 
   def filter(self, record):
     noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/')
+    if record.getMessage().startswith('Given directory is read only'):
+      return False  # orbax, on our read-only look at the checkpoints before training
     return record.levelno >= py_logging.WARNING or not any(n in record.pathname for n in noisy)
 
 
 if __name__ == '__main__':
   py_logging.getLogger('absl').addFilter(_QuietLibraries())
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -24,7 +24,7 @@ import struct
 
 import numpy as np
 
-from alexnet_jax.errors import DatasetNotFoundError
+from alexnet_jax.errors import ConfigError, DatasetNotFoundError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 EMBEDDED_FASHION_MNIST = REPO_ROOT / 'data' / 'fashion_mnist'
@@ -161,6 +161,12 @@ def load_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
   Reads the array_record data source without TensorFlow when the dataset was
   stored as array_record, else through tf.data (TensorFlow installed).
   """
+  shape = builder.info.features['image'].shape
+  if None in shape:
+    raise ConfigError(
+        f'{builder.name} has images of varying size, which this in-memory loader cannot '
+        'batch; it needs fixed-size images (the streaming 256x256 ImageNet pipeline is '
+        'not part of this version).')
   if builder.info.file_format.value == 'array_record':
     source = builder.as_data_source(split=split)
     examples = source.__getitems__(range(len(source)))

@@ -94,6 +94,21 @@ def augment(images: np.ndarray, rngs: list[np.random.Generator], pad: int,
   return out
 
 
+def ten_crop(images: np.ndarray, pad: int) -> np.ndarray:
+  """The paper's test-time views (section 4.1) for images already at the network's input size:
+  the four corner crops and the centre crop of the image zero-padded by `pad` (the windows
+  training's random crops range over), and their horizontal reflections.
+
+  (N, H, W, C) -> (N, 10, H, W, C): views 0-4 are top-left, top-right, bottom-left,
+  bottom-right, centre; views 5-9 are the same reflected. The centre crop is the image itself.
+  """
+  n, h, w, _ = images.shape
+  padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else images
+  offsets = [(0, 0), (0, 2 * pad), (2 * pad, 0), (2 * pad, 2 * pad), (pad, pad)]
+  crops = np.stack([padded[:, dy:dy + h, dx:dx + w] for dy, dx in offsets], axis=1)
+  return np.concatenate([crops, crops[:, :, :, ::-1]], axis=1)
+
+
 # ---- loaders -----------------------------------------------------------------
 
 
@@ -163,8 +178,12 @@ class TrainLoader:
 
 
 def eval_batches(split: Split, mean: np.ndarray, global_batch: int, image_sharding,
-                 label_sharding):
-  """The whole eval split in order; the last batch is padded with weight-0 examples."""
+                 label_sharding, views=None):
+  """The whole eval split in order; the last batch is padded with weight-0 examples.
+
+  `views` (e.g. `functools.partial(ten_crop, pad=2)`) maps uint8 images (B, H, W, C) to
+  (B, V, H, W, C) for a multi-view test.
+  """
   n = len(split.labels)
   rows = process_rows(image_sharding, global_batch)
   label_rows = process_rows(label_sharding, global_batch)
@@ -172,7 +191,10 @@ def eval_batches(split: Split, mean: np.ndarray, global_batch: int, image_shardi
     idx = np.arange(start, start + global_batch)
     weights = (idx < n).astype(np.float32)
     idx = np.minimum(idx, n - 1)
-    images = split.images[idx[rows]].astype(np.float32) - mean
+    images = split.images[idx[rows]]
+    if views is not None:
+      images = views(images)
+    images = images.astype(np.float32) - mean
     yield (to_global(images, image_sharding, global_batch),
            to_global(split.labels[idx[label_rows]], label_sharding, global_batch),
            to_global(weights[label_rows], label_sharding, global_batch))

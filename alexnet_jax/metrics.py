@@ -15,13 +15,16 @@ import time
 class MetricWriter:
   """Writes scalars for a step to the console, TensorBoard and one JSON line per call."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
     if enabled:
       from tensorboardX import SummaryWriter  # pure-Python event files, no TensorFlow
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=30)
+      # purge_step: TensorBoard drops the events a killed run wrote after the restored step.
+      self._tb = SummaryWriter(logdir=workdir, flush_secs=30,
+                               purge_step=resume_step + 1 if resume_step else None)
+      truncate_after(os.path.join(workdir, 'metrics.jsonl'), resume_step)
       self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
@@ -45,6 +48,27 @@ class MetricWriter:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def truncate_after(path: str, step: int) -> None:
+  """Keeps the records of steps <= `step`: a run killed after its last checkpoint logged steps
+  that the resumed run logs again, and may have left half a line."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict) and isinstance(record.get('step'), int) \
+          and record['step'] <= step:
+        kept.append(line if line.endswith('\n') else line + '\n')
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 def _fmt(v: float) -> str:

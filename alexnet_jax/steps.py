@@ -46,6 +46,12 @@ def abstract_train_state(spec: model_lib.AlexNetSpec, tx: optax.GradientTransfor
                         params, layout.param_shardings(params))
   with jax.set_mesh(layout.mesh):
     opt_state = jax.eval_shape(tx.init, params)
+  # eval_shape under set_mesh leaves abstract-mesh shardings, which orbax cannot restore into.
+  opt_state = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=NamedSharding(
+          layout.mesh, x.sharding.spec if x.sharding is not None else P())),
+      opt_state)
   replicated = NamedSharding(layout.mesh, P())
   scalar = lambda dtype, shape=(): jax.ShapeDtypeStruct(shape, dtype, sharding=replicated)
   key_data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
@@ -82,8 +88,14 @@ def _metric_sums(logits, labels, weights):
 
 def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
                     tx: optax.GradientTransformation, global_batch: int,
-                    compute_dtype=jnp.float32, donate: bool = True):
-  """Returns train_step(state, images, labels) -> (state, metrics)."""
+                    compute_dtype=jnp.float32, donate: bool = True,
+                    skip_nonfinite: bool = False):
+  """Returns train_step(state, images, labels) -> (state, metrics).
+
+  With `skip_nonfinite`, a step whose loss or gradient is NaN or Inf leaves the parameters and
+  optimizer state as they were (the step counter still advances, so the next batch is used)
+  and reports `skipped` = 1; deciding on device keeps the host out of the loop.
+  """
   axes = layout.apply_axes
 
   def local_loss(params, images, labels, key):
@@ -108,9 +120,15 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
         state.params, images, labels, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
     metrics = {'loss': loss, 'top1': sums['top1'] / global_batch,
-               'top5': sums['top5'] / global_batch,
-               'grad_norm': optax.global_norm(grads)}
+               'top5': sums['top5'] / global_batch, 'grad_norm': grad_norm}
+    if skip_nonfinite:
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jnp.where(ok, new, old)
+      params = jax.tree.map(keep, params, state.params)
+      opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+      metrics['skipped'] = 1.0 - ok.astype(jnp.float32)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return _on_mesh(jax.jit(train_step, donate_argnums=(0,) if donate else ()), layout.mesh)

@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch
   config.eval_batch_size = 256
-  config.checkpoint_every_steps = 5000
-  config.keep_checkpoints = 3
+  config.checkpoint_every_steps = 5000  # and at the end
+  config.keep_checkpoints = 3  # the newest complete ones; older ones go once a newer is complete
+  config.on_nonfinite_loss = 'stop'  # stop: exit naming the step; skip: drop that update
   return config

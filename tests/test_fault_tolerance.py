@@ -1,0 +1,288 @@
+"""Runs that survive: SIGKILL and rerun, damaged checkpoints, another mesh, NaNs, bad input.
+
+Every run is `launch.py` in a subprocess, as a user runs it. The runs share a persistent XLA
+compilation cache (reruns of a config load its executables instead of compiling again, which is
+also what makes a rerun's numbers the uninterrupted run's bit for bit on CPU).
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from alexnet_jax import input_pipeline
+from tests.test_launch import ROOT, SMALL_MODEL
+
+BASE = [*SMALL_MODEL, '--config.model.init_std=0.05', '--config.data.crop_pad=2',
+        '--config.num_train_steps=10', '--config.log_every_steps=1']
+TOWERS_1x2 = ['--config.parallelism=towers', '--config.mesh.data=1', '--config.mesh.model=2']
+
+
+@pytest.fixture(scope='module')
+def xla_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('xla_cache')
+
+
+def launch(xla_cache, workdir, *overrides, devices=1, faults='', config='configs/synthetic.py',
+           background=False):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(xla_cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', ALEXNET_FAULTS=faults)
+  args = [sys.executable, 'launch.py', f'--config={config}', f'--workdir={workdir}', *overrides]
+  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  if background:
+    return proc
+  return finish(proc)
+
+
+def finish(proc, timeout=600):
+  stdout, stderr = proc.communicate(timeout=timeout)
+  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def records(workdir, key):
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return [r for r in map(json.loads, lines) if key in r]
+
+
+def steps_on_disk(workdir):
+  d = pathlib.Path(workdir) / 'checkpoints'
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
+
+
+def load_state(workdir, step):
+  """The arrays of a checkpoint as numpy, whatever mesh wrote them."""
+  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints',
+                               options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_names=('state', 'meta'))
+  meta = mngr.item_metadata(step)['state']
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  return mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(restore_args=args)))['state']
+
+
+def assert_bitwise_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) > 10
+  for x, y in zip(la, lb):
+    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def snapshot(path):
+  """Every file and folder under `path` with its bytes and mtime."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return None
+  if path.is_file():
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+  return {str(p.relative_to(path)): (None if p.is_dir() else
+                                     (hashlib.sha256(p.read_bytes()).hexdigest(),
+                                      p.stat().st_mtime_ns))
+          for p in sorted(path.rglob('*'))}
+
+
+def one_error_line(result):
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  return errors[0]
+
+
+# ---- 10-crop windows ------------------------------------------------------------------------
+
+
+def test_ten_crop_windows_by_hand():
+  image = np.arange(9, dtype=np.uint8).reshape(1, 3, 3, 1) + 1  # 1..9, 0 is the padding
+  views = input_pipeline.ten_crop(image, pad=1)[0, ..., 0]
+  assert views.shape == (10, 3, 3)
+  # The image padded by 1 is 5x5; the 3x3 windows at (0,0), (0,2), (2,0), (2,2) and (1,1).
+  want = np.array([
+      [[0, 0, 0], [0, 1, 2], [0, 4, 5]],  # top-left
+      [[0, 0, 0], [2, 3, 0], [5, 6, 0]],  # top-right
+      [[0, 4, 5], [0, 7, 8], [0, 0, 0]],  # bottom-left
+      [[5, 6, 0], [8, 9, 0], [0, 0, 0]],  # bottom-right
+      [[1, 2, 3], [4, 5, 6], [7, 8, 9]],  # centre: the image
+  ])
+  np.testing.assert_array_equal(views[:5], want)
+  np.testing.assert_array_equal(views[5:], want[:, :, ::-1])  # horizontal reflections
+  np.testing.assert_array_equal(input_pipeline.ten_crop(image, pad=0)[0, :, ..., 0],
+                                np.stack([image[0, ..., 0]] * 5 + [image[0, :, ::-1, 0]] * 5))
+
+
+# ---- SIGKILL and rerun ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache, tmp_path):
+  overrides = [*BASE, '--config.checkpoint_every_steps=2', '--config.eval_every_steps=5',
+               '--config.keep_checkpoints=1']
+  reference = tmp_path / 'reference'
+  result = launch(xla_cache, reference, *overrides)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  workdir = tmp_path / 'killed'
+  # Between steps (step 2's asynchronous save may still be running), right after the
+  # asynchronous save of step 6 has started, and between steps again; then to the end.
+  resumed = []
+  for faults in ('kill_after_step=3', 'kill_after_save=6', 'kill_after_step=9', ''):
+    result = launch(xla_cache, workdir, *overrides, faults=faults)
+    assert result.returncode == (0 if not faults else -9), (faults, result.stderr[-3000:])
+    assert 'damaged' not in result.stderr, result.stderr[-3000:]
+    line = [l for l in result.stderr.splitlines() if 'Resumed from' in l]
+    resumed.append(int(line[0].rsplit('/', 1)[1].rstrip('.')) if line else 0)
+    if faults == 'kill_after_save=6':
+      # keep_checkpoints=1 and killed while 6 was being written: 4 is still there unless 6
+      # completed first.
+      assert steps_on_disk(workdir) in ([4], [4, 6], [6]), steps_on_disk(workdir)
+  assert resumed[0] == 0 and resumed[2] in (4, 6) and resumed[3] in (6, 8), resumed
+  assert steps_on_disk(workdir) == [10]
+  assert not [p for p in (workdir / 'checkpoints').iterdir() if 'tmp' in p.name]
+
+  assert_bitwise_equal(load_state(workdir, 10), load_state(reference, 10))
+  for key, want in (('train/loss', list(range(1, 11))), ('eval/loss', [5, 10])):
+    assert [r['step'] for r in records(workdir, key)] == want  # no gap, no duplicate
+  ref_evals = [r['eval/loss'] for r in records(reference, 'eval/loss')]
+  assert [r['eval/loss'] for r in records(workdir, 'eval/loss')] == ref_evals
+
+
+# ---- a run on towers data=1 x model=2 that the next tests restore, damage and misuse ----------
+
+TRAINED = [*BASE, *TOWERS_1x2, '--config.checkpoint_every_steps=4',
+           '--config.eval_every_steps=4', '--config.keep_checkpoints=3']
+
+
+@pytest.fixture(scope='module')
+def trained(xla_cache, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('trained') / 'run'
+  result = launch(xla_cache, workdir, *TRAINED, devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert steps_on_disk(workdir) == [4, 8, 10]
+  return workdir
+
+
+@pytest.mark.slow
+def test_damaged_latest_checkpoint_is_skipped_for_the_previous_one(xla_cache, trained, tmp_path):
+  def truncate(path):
+    with open(path, 'r+b') as f:
+      f.truncate(path.stat().st_size // 2)
+
+  def overwrite(path):  # tensorstore decodes this without complaint: the fingerprint catches it
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 8] = bytes(8)
+    path.write_bytes(bytes(data))
+
+  for damage in (truncate, overwrite):
+    workdir = tmp_path / damage.__name__
+    shutil.copytree(trained, workdir)
+    arrays = sorted((workdir / 'checkpoints/10/state').rglob('d/*'), key=lambda p: p.stat().st_size)
+    damage(arrays[-1])
+    result = launch(xla_cache, workdir, *TRAINED, devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = [l for l in result.stderr.splitlines() if 'Skipping the damaged checkpoint' in l]
+    assert len(warning) == 1 and f'{workdir}/checkpoints/10' in warning[0], result.stderr[-3000:]
+    assert f'Resumed from {workdir}/checkpoints/8.' in result.stderr
+    assert [p.name.split('-')[0] for p in (workdir / 'corrupt_checkpoints').iterdir()] == ['10']
+    assert steps_on_disk(workdir) == [4, 8, 10]
+    assert_bitwise_equal(load_state(workdir, 10), load_state(trained, 10))
+    assert [r['step'] for r in records(workdir, 'train/loss')] == list(range(1, 11))
+
+
+# ---- restore on another mesh, evaluation mode ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_checkpoint_of_towers_1x2_evaluates_the_same_on_data_8_and_one_device(xla_cache, trained):
+  before = snapshot(trained)
+  evals = {r['step']: r for r in records(trained, 'eval/loss')}
+  runs = {'data=8': launch(xla_cache, trained, *BASE, '--config.parallelism=data',
+                           '--config.mesh.data=8', '--config.mesh.model=1', '--mode=eval',
+                           devices=8, background=True),
+          'one device': launch(xla_cache, trained, *BASE, '--mode=eval', devices=1,
+                               background=True),
+          'step 8': launch(xla_cache, trained, *BASE, '--mode=eval', '--checkpoint_step=8',
+                           devices=1, background=True)}
+  out = {}
+  for name, proc in runs.items():
+    result = finish(proc)
+    assert result.returncode == 0, (name, result.stderr[-3000:])
+    line = [l for l in result.stdout.splitlines() if l.startswith('eval: ')]
+    out[name] = json.loads(line[-1][len('eval: '):])
+  assert out['data=8']['mesh']['devices'] == 8 and out['one device']['mesh']['devices'] == 1
+  for name, step in (('data=8', 10), ('one device', 10), ('step 8', 8)):
+    assert out[name]['step'] == step
+    for k in ('loss', 'top1', 'top5'):
+      np.testing.assert_allclose(out[name][f'centre/{k}'], evals[step][f'eval/{k}'], rtol=1e-5)
+  for k in ('loss', 'top1', 'top5'):
+    np.testing.assert_allclose(out['data=8'][f'ten_crop/{k}'], out['one device'][f'ten_crop/{k}'],
+                               rtol=1e-5)
+  assert out['one device']['ten_crop/loss'] != out['one device']['centre/loss']
+  assert snapshot(trained) == before  # evaluation writes nothing
+
+
+# ---- NaN / Inf ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('policy', ['stop', 'skip'])
+def test_nonfinite_loss(xla_cache, tmp_path, policy):
+  overrides = [*BASE, '--config.num_train_steps=5', '--config.checkpoint_every_steps=2',
+               '--config.eval_every_steps=5', f'--config.on_nonfinite_loss={policy}']
+  result = launch(xla_cache, tmp_path, *overrides, faults='nan_at_step=3')
+  if policy == 'stop':
+    error = one_error_line(result)
+    assert 'at step 3;' in error and f'the last good checkpoint is {tmp_path}/checkpoints/2' \
+        in error, error
+    assert steps_on_disk(tmp_path) == [2]
+  else:
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = {r['step']: r['train/skipped_steps'] for r in records(tmp_path, 'train/loss')}
+    assert skipped == {1: 0, 2: 0, 3: 1, 4: 0, 5: 0}
+    state = load_state(tmp_path, 5)
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state['params']))
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bad_input_fails_in_one_sentence_and_leaves_the_workdir(xla_cache, trained, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('not a workdir')
+  # root may write anywhere that is not a special file system: use /proc for it.
+  unwritable = (tmp_path / 'locked' / 'run') if os.geteuid() else pathlib.Path('/proc/alexnet/run')
+  if os.geteuid():
+    (tmp_path / 'locked').mkdir(mode=0o500)
+  cases = {
+      'unknown field': (workdir, ['--config.learning_ratee=0.1'],
+                        '--config.learning_ratee is not a config field (did you mean '
+                        'learning_rate?)'),
+      'wrong type': (workdir, ['--config.batch_size=sixteen'], '--config.batch_size=sixteen'),
+      'negative lr': (workdir, ['--config.learning_rate=-0.1'],
+                      'learning_rate=-0.1 must be positive.'),
+      'zero batch': (workdir, ['--config.batch_size=0'], 'batch_size=0 must be at least 1.'),
+      'workdir is a file': (a_file, [], 'is a file, not a directory.'),
+      'workdir not writable': (unwritable, [], 'is not writable'),
+      'resume changes shapes': (workdir, ['--config.model.fc_features=64'],
+                                "changes the model's shapes (model.fc_features=64 (the "
+                                'checkpoint has 32))'),
+  }
+  before = {p: snapshot(p) for p in (workdir, a_file, unwritable)}
+  procs = {name: launch(xla_cache, path, *TRAINED, *extra, devices=2, background=True)
+           for name, (path, extra, _) in cases.items()}
+  for name, proc in procs.items():
+    error = one_error_line(finish(proc))
+    assert cases[name][2] in error, (name, error)
+    assert error.count('. ') == 0, (name, error)  # one sentence
+  assert {p: snapshot(p) for p in before} == before
