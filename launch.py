@@ -1,6 +1,8 @@
 """Entrypoint: python launch.py --config=configs/alexnet.py --workdir=runs/x [--config.<field>=<value>].
 
 --mode=eval evaluates the workdir's latest checkpoint (or --checkpoint_step's) without training.
+--mode=figures draws that checkpoint's conv1 kernels and the run's curves into <workdir>/figures/.
+--mode=predict --images=a.png,b.png prints the top-5 classes of image files, one JSON line each.
 A problem with the flags, config or workdir prints one line, 'error: <sentence>', and exits 1.
 """
 
@@ -17,10 +19,14 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and run.json.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'figures', 'predict'],
                   'train: train (resuming from the latest checkpoint); eval: evaluate a '
-                  'checkpoint, centre view and 10-crop, without training.')
-flags.DEFINE_integer('checkpoint_step', -1, '--mode=eval: the step to evaluate (-1: latest).')
+                  'checkpoint, centre view and 10-crop, without training; figures: conv1 '
+                  'kernels of a checkpoint and the training curves as PNGs in '
+                  '<workdir>/figures/; predict: top-5 classes of --images.')
+flags.DEFINE_integer('checkpoint_step', -1,
+                     '--mode=eval, figures, predict: the checkpoint step (-1: latest).')
+flags.DEFINE_list('images', [], '--mode=predict: comma-separated image files to classify.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -75,11 +81,19 @@ def main(argv):
   from alexnet_jax import train  # imports JAX after the distributed setup
   from alexnet_jax.errors import UserError
 
+  step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
   try:
     if FLAGS.mode == 'eval':
-      step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
       result = train.evaluate_checkpoint(config, workdir, step)
       print('eval: ' + json.dumps(result), flush=True)
+      return
+    if FLAGS.mode == 'figures':
+      for path in train.figures_for_checkpoint(config, workdir, step):
+        print(f'figure: {path}', flush=True)
+      return
+    if FLAGS.mode == 'predict':
+      for result in train.predict(config, workdir, FLAGS.images, step):
+        print('predict: ' + json.dumps(result), flush=True)
       return
     result = train.train_and_evaluate(config, workdir)
   except (UserError, FloatingPointError) as e:

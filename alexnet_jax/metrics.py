@@ -1,4 +1,4 @@
-"""Metric writers: console, TensorBoard event files and `metrics.jsonl`.
+"""Metric writers: console, TensorBoard event files and `metrics.jsonl`; the live progress line.
 
 Only process 0 writes; other processes get a writer that drops everything.
 """
@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 
 
@@ -19,6 +20,7 @@ class MetricWriter:
     self.enabled = enabled
     self._tb = None
     self._jsonl = None
+    self.progress = None  # a Progress whose live line is cleared before each log line
     if enabled:
       from tensorboardX import SummaryWriter  # pure-Python event files, no TensorFlow
       # purge_step: TensorBoard drops the events a killed run wrote after the restored step.
@@ -37,6 +39,8 @@ class MetricWriter:
     record.update({k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()})
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
+    if self.progress is not None:
+      self.progress.clear()  # the log line replaces the live line, which the next step redraws
     logging.info('step %d: %s', step, ', '.join(f'{k}={_fmt(v)}' for k, v in scalars.items()))
 
   def flush(self) -> None:
@@ -48,6 +52,68 @@ class MetricWriter:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+class Progress:
+  """A live `step N/total, images/s, ETA` line on stderr, redrawn with a carriage return, when
+  stderr is a terminal. Elsewhere (files, CI logs) it writes nothing: the periodic log lines
+  are the progress record there, and carriage returns would only clutter the file."""
+
+  def __init__(self, total_steps: int, batch_size: int, enabled: bool = True, stream=None,
+               min_interval: float = 0.5):
+    self.stream = sys.stderr if stream is None else stream
+    self.enabled = enabled and self.stream.isatty()
+    self.total, self.batch = total_steps, batch_size
+    self.min_interval = min_interval
+    self._t0 = self._first = None
+    self._last_draw = 0.0
+    self._shown = False
+
+  def start(self, step: int) -> None:
+    """Times from here: `step` has run and compiled, so compilation stays out of images/s."""
+    self._t0, self._first = time.perf_counter(), step
+
+  def update(self, step: int) -> None:
+    if not self.enabled or self._t0 is None:
+      return
+    now = time.perf_counter()
+    if now - self._last_draw < self.min_interval and step != self.total:
+      return
+    self._last_draw = now
+    done = step - self._first
+    rate = done / (now - self._t0) if done and now > self._t0 else 0.0
+    eta = _duration((self.total - step) / rate) if rate else '?'
+    line = (f'step {step}/{self.total} ({100.0 * step / self.total:.0f}%)  '
+            f'{rate * self.batch:.1f} images/s  ETA {eta}')
+    self.stream.write('\r\033[K' + line)
+    self.stream.flush()
+    self._shown = True
+
+  def clear(self) -> None:
+    if self._shown:
+      self.stream.write('\r\033[K')
+      self.stream.flush()
+      self._shown = False
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rest = divmod(seconds, 3600)
+  return f'{h}:{rest // 60:02d}:{rest % 60:02d}'
+
+
+def device_memory_in_use(devices) -> float | None:
+  """The most bytes in use on any of `devices`, where the backend reports it (GPU, TPU; CPU
+  does not): the device closest to running out is the one that matters."""
+  used = []
+  for d in devices:
+    try:
+      stats = d.memory_stats()
+    except Exception:  # pylint: disable=broad-except
+      stats = None
+    if stats and stats.get('bytes_in_use') is not None:
+      used.append(stats['bytes_in_use'])
+  return float(max(used)) if used else None
 
 
 def truncate_after(path: str, step: int) -> None:

@@ -17,10 +17,13 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import checkpointing
+from alexnet_jax import figures
+from alexnet_jax import flops as flops_lib
 from alexnet_jax import input_pipeline
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
+from alexnet_jax import profiling
 from alexnet_jax import sharding
 from alexnet_jax import steps as steps_lib
 from alexnet_jax.errors import ConfigError
@@ -28,7 +31,8 @@ from alexnet_jax.errors import ConfigError
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NONFINITE = ('stop', 'skip')
 SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
-NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps')
+NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps',
+                'profile.')
 
 
 # ---- reading the config (the edge) -------------------------------------------
@@ -96,6 +100,7 @@ def check_config(config, layout: sharding.Layout) -> None:
   layout.check_batch(config.batch_size)
   layout.check_batch(config.eval_batch_size, 'eval_batch_size')
   compute_dtype(config)
+  profiling.check_config(config.profile)
   model_spec(config).param_shapes()  # raises if the image is too small for the network
 
 
@@ -266,6 +271,84 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   return result
 
 
+def restore_params(config, workdir: str, step: int | None = None):
+  """The parameters of the latest (or `step`'s) checkpoint on the host, without reading the
+  dataset: (params as numpy, meta). For commands that only look at the weights, on one
+  process: the checkpoint is restored onto this process's first device, whatever mesh the
+  config (or the run that wrote it) names."""
+  layout = sharding.Layout(sharding.make_mesh(1, 1, jax.local_devices()[:1]), 'towers')
+  check_config(config, layout)
+  spec = model_spec(config)
+  ckpts = checkpointing.Checkpoints(workdir, read_only=True)
+  try:
+    state, meta = None, None
+    if ckpts.steps() or step is not None:
+      abstract = steps_lib.abstract_train_state(spec, make_optimizer(config, 1), layout)
+      state, meta, _ = ckpts.restore(
+          abstract, functools.partial(check_checkpoint_config, config, spec), step)
+  finally:
+    ckpts.close()
+  if state is None:
+    where = os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR)
+    raise checkpointing.NoCheckpointError(f'No restorable checkpoint in {where}.')
+  return jax.tree.map(_host_array, state.params), meta
+
+
+def figures_for_checkpoint(config, workdir: str, step: int | None = None) -> list[str]:
+  """conv1's kernels of a checkpoint and the run's curves, into <workdir>/figures/."""
+  params, meta = restore_params(config, workdir, step)
+  if jax.process_index() != 0:
+    return []
+  paths = [figures.save_conv1(params['conv1']['kernel'], workdir, int(meta['step']))]
+  curves = figures.save_curves(workdir)
+  return paths + ([curves] if curves else [])
+
+
+def load_image(path: str, size: int, channels: int) -> np.ndarray:
+  """An image file as the network's uint8 input: the shorter side resized to `size`, the
+  central size x size crop (the paper's test-time rescale and centre crop), grey or RGB."""
+  from PIL import Image
+  try:
+    image = Image.open(path)
+    image.load()
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'--images: cannot read {path} as an image ({e}).') from e
+  image = image.convert('L' if channels == 1 else 'RGB')
+  w, h = image.size
+  scale = size / min(w, h)
+  image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                       Image.BILINEAR)
+  w, h = image.size
+  left, top = (w - size) // 2, (h - size) // 2
+  array = np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
+  return array.reshape(size, size, channels)
+
+
+def predict(config, workdir: str, paths: list[str], step: int | None = None,
+            top: int = 5) -> list[dict]:
+  """Classifies image files with a checkpoint: for each, the `top` class names and
+  probabilities. The training set is read for its mean image and class names (the input
+  must be normalised exactly as in training)."""
+  if not paths:
+    raise ConfigError('--images names no image files.')
+  images = np.stack([load_image(p, config.data.image_size, config.data.channels)
+                     for p in paths])
+  params, meta = restore_params(config, workdir, step)
+  train_split, _, info = input_pipeline.load_dataset(config)
+  mean = input_pipeline.mean_image(train_split.images, config.data.mean)
+  spec = model_spec(config)
+  logits = jax.jit(functools.partial(model_lib.apply, spec=spec,
+                                     compute_dtype=compute_dtype(config)))(
+      params, images.astype(np.float32) - mean)
+  probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
+  results = []
+  for path, p in zip(paths, probs):
+    best = np.argsort(-p)[:min(top, len(p))]
+    results.append({'image': path, 'step': int(meta['step']),
+                    'top': [[info.class_names[i], float(p[i])] for i in best]})
+  return results
+
+
 # ---- faults, for the tests ------------------------------------------------------------------
 
 
@@ -299,6 +382,23 @@ class _Faults:
 # ---- the loop ---------------------------------------------------------------
 
 
+def _host_array(x) -> np.ndarray:
+  """A global array on the host. Collective on several processes (every process calls it):
+  the towers of a parameter may live on other hosts."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def write_eval_figures(state, workdir: str, step: int, is_main: bool) -> None:
+  """conv1's kernels per tower and the curves so far, into <workdir>/figures/."""
+  kernel = _host_array(state.params['conv1']['kernel'])
+  if is_main:
+    figures.save_conv1(kernel, workdir, step)
+    figures.save_curves(workdir)
+
+
 def _first_nonfinite(pending_host) -> tuple[int, float] | None:
   for step, m in pending_host:
     if not np.isfinite(m['loss']) or not np.isfinite(m['grad_norm']):
@@ -321,6 +421,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   is_main = jax.process_index() == 0
   run = describe_run(config, layout, spec)
   run['resumed_from_step'] = int(setup.meta['step']) if setup.meta else 0
+  peak = {'total': None, 'per_device': None, 'source': 'not measured on this process'}
+  if is_main:
+    peak = flops_lib.peak_flops(list(layout.mesh.devices.ravel()), config.model.dtype)
+  run['peak_flops'] = peak
   if is_main:
     prepare_workdir(workdir, run)  # the first write; from here on the workdir changes
 
@@ -345,6 +449,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                          setup.dtype, skip_nonfinite=skip)
   eval_step = steps_lib.make_eval_step(spec, layout, setup.dtype)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
+  progress = metrics_lib.Progress(total_steps, config.batch_size, enabled=is_main)
+  writer.progress = progress
+  profiler = profiling.Profiler(config.profile, workdir, start_step + 1, total_steps)
+  local_devices = [d for d in layout.mesh.devices.ravel()
+                   if d.process_index == jax.process_index()]
+  compiled_step = step_flops = None  # step_flops: one train step on all devices (XLA's count)
   config_json = json.loads(config.to_json_best_effort())
   logging.info('Training %d steps of %d images (%d per epoch) on mesh %s, %d parameters.',
                total_steps, config.batch_size, loader.steps_per_epoch,
@@ -354,6 +464,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     bad = _first_nonfinite(pending_host)
     if bad is None or skip:
       return
+    profiler.close()
     ckpt.close()  # the last good checkpoint is complete before we exit
     writer.close()
     where = (f'the last good checkpoint is {last_good}' if last_good
@@ -368,13 +479,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   for step, (images, labels) in zip(range(start_step + 1, total_steps + 1), batches):
     if step == faults.nan_at_step:
       images = images * jnp.nan
-    state, metrics = train_step(state, images, labels)
+    if compiled_step is None:
+      # Compiled ahead of the first step (once: the loop then calls this executable), so that
+      # XLA's FLOP count is that of the very program that runs.
+      compiled_step = train_step.lower(state, images, labels).compile()
+      step_flops = _train_step_flops(compiled_step, layout)
+      if step_flops and is_main:
+        run['train_step_flops'] = step_flops
+        prepare_workdir(workdir, run)
+    with profiler.step(step):
+      state, metrics = compiled_step(state, images, labels)
+    profiler.after_step(step, (state, metrics))
     pending.append((step, metrics))
     if t_last is None:  # leave compilation out of images_per_sec
       jax.block_until_ready(metrics)
       t_last, timed = time.perf_counter(), 0
+      progress.start(step)
     else:
       timed += 1
+    progress.update(step)
     if step % config.log_every_steps == 0 or step == total_steps:
       host = jax.device_get(pending)
       stop_if_nonfinite(host)
@@ -391,6 +514,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         elapsed = time.perf_counter() - t_last
         scalars['images_per_sec'] = timed * config.batch_size / elapsed
         scalars['step_time'] = elapsed / timed
+        if step_flops and peak['total']:
+          scalars['mfu'] = step_flops / scalars['step_time'] / peak['total']
+      memory = metrics_lib.device_memory_in_use(local_devices)
+      if memory is not None:
+        scalars['memory/bytes_in_use'] = memory
       writer.write(step, scalars)
       t_last, timed, pending = time.perf_counter(), 0, []
     if step % eval_every == 0 or step == total_steps:
@@ -401,6 +529,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         state = _set_learning_rate(state, new_lr, layout)
         logging.info('Validation error stopped improving: learning rate now %g.', new_lr)
       writer.write(step, last_eval)
+      write_eval_figures(state, workdir, step, is_main)
       t_last, timed = time.perf_counter(), 0
     if step % config.checkpoint_every_steps == 0 or step == total_steps:
       stop_if_nonfinite(jax.device_get(pending))  # never save a NaN state as 'good'
@@ -408,6 +537,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                               'plateau': plateau.state_dict(), 'config': config_json})
       last_good = ckpt.path(step)
     faults.after_step(step)
+  profiler.close(state)
+  progress.clear()
   ckpt.close()
   writer.close()
   return last_eval
+
+
+def _train_step_flops(compiled_step, layout) -> float | None:
+  """FLOPs of one train step on all devices: XLA's count for the compiled step (the program
+  of one device under SPMD) times the devices."""
+  per_device = flops_lib.compiled_flops(compiled_step)
+  if per_device is None:
+    logging.warning('XLA reports no FLOPs for the train step: no MFU is logged.')
+    return None
+  return per_device * layout.mesh.devices.size

@@ -70,6 +70,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.num_processes = -1
   config.distributed.process_id = -1
 
+  # jax.profiler trace of steps start_step..start_step+num_steps-1 into <workdir>/profile/
+  # (alexnet_jax/profiling.py); start_step=-1: off. Only process 0 unless all_hosts.
+  config.profile = ml_collections.ConfigDict()
+  config.profile.start_step = -1
+  config.profile.num_steps = 5
+  config.profile.all_hosts = False
+  config.profile.server_port = 0  # >0: jax.profiler.start_server(port) for live capture
+
   config.seed = 0
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch

@@ -1,0 +1,83 @@
+"""`jax.profiler` traces of chosen training steps, from the config (`config.profile.*`).
+
+A trace of steps S..S+K-1 (`profile.start_step`, `profile.num_steps`) goes to
+`<workdir>/profile/` (TensorBoard's profile plugin and Perfetto read it). Each profiled step
+runs inside `StepTraceAnnotation('train', step_num=step)` so the trace viewer groups the ops
+by step. The first step of a run compiles the train step, and compilation would swamp the
+trace, so profiling starts at the run's second step at the earliest. Before the trace stops,
+the last step's outputs are waited for: the trace then holds the device work of every
+profiled step, not just their dispatch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import jax
+
+from alexnet_jax.errors import ConfigError
+
+PROFILE_DIR = 'profile'
+ANNOTATION = 'train'
+
+
+def check_config(profile) -> None:
+  if profile.start_step >= 0 and profile.num_steps < 1:
+    raise ConfigError(f'profile.num_steps={profile.num_steps} must be at least 1 when '
+                      f'profile.start_step={profile.start_step} turns profiling on.')
+  if not 0 <= profile.server_port < 65536:
+    raise ConfigError(f'profile.server_port={profile.server_port} must be 0 (off) or a port.')
+
+
+class Profiler:
+  """Starts and stops the trace around the configured steps of a training run."""
+
+  def __init__(self, profile, workdir: str, first_step: int, last_step: int):
+    """`first_step`, `last_step`: the steps this run executes (a resumed run starts later)."""
+    here = jax.process_index() == 0 or profile.all_hosts
+    self.directory = os.path.join(os.path.abspath(workdir), PROFILE_DIR)
+    self.start = self.stop = -1
+    self._active = False
+    if here and profile.server_port:
+      jax.profiler.start_server(profile.server_port)
+      logging.info('Profiler server listening on port %d.', profile.server_port)
+    if not here or profile.start_step < 0:
+      return
+    start = max(profile.start_step, first_step + 1)  # never the compiling step
+    stop = min(profile.start_step + profile.num_steps - 1, last_step)
+    if start > stop:
+      logging.warning('profile.start_step=%d, num_steps=%d: no step of this run (steps %d-%d, '
+                      'the first compiles) is profiled.', profile.start_step,
+                      profile.num_steps, first_step, last_step)
+      return
+    if start != profile.start_step:
+      logging.info('Profiling starts at step %d: step %d compiles the train step.', start,
+                   first_step)
+    self.start, self.stop = start, stop
+
+  def step(self, step: int):
+    """Context for running `step`: starts the trace at the first profiled step and names it."""
+    if step == self.start:
+      jax.profiler.start_trace(self.directory)
+      self._active = True
+      logging.info('Profiling steps %d-%d into %s.', self.start, self.stop, self.directory)
+    if self._active:
+      return jax.profiler.StepTraceAnnotation(ANNOTATION, step_num=step)
+    return contextlib.nullcontext()
+
+  def after_step(self, step: int, outputs) -> None:
+    """Stops the trace after the last profiled step, once its device work is done."""
+    if self._active and step >= self.stop:
+      self.close(outputs)
+
+  def close(self, outputs=None) -> None:
+    if not self._active:
+      return
+    if outputs is not None:
+      jax.block_until_ready(outputs)
+    jax.profiler.stop_trace()
+    self._active = False
+    logging.info('Wrote the profile of steps %d-%d to %s.', self.start, self.stop,
+                 self.directory)
