@@ -90,6 +90,7 @@ def test_compiled_train_step_flops_agree_with_the_derived_count():
   per_image = flops.compiled_flops(step.lower(state, images, labels).compile()) / batch
   derived = flops.analytic_train_flops(spec)
   assert abs(per_image / derived - 1) < 0.10, (per_image, derived)
+  assert abs(per_image / 4.35e9 - 1) < 0.10, per_image  # the card's "about 4.35 GFLOP"
   valid = flops.analytic_train_flops(spec, valid_taps=True)
   assert 0 < per_image / valid - 1 < 0.05, (per_image, valid)
 
