@@ -60,8 +60,8 @@ def initialize_distributed(config) -> None:
   d = config.distributed
   if d.coordinator_address:
     if d.num_processes < 1 or d.process_id < 0:
-      raise app.UsageError('distributed.coordinator_address needs distributed.num_processes and '
-                       'distributed.process_id.')
+      _fail('distributed.coordinator_address needs distributed.num_processes and '
+            'distributed.process_id.')
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes
     jax.distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
   else:
