@@ -78,7 +78,7 @@ def main(argv):
   workdir = FLAGS.workdir
   initialize_distributed(config)
 
-  from alexnet_jax import train  # imports JAX after the distributed setup
+  from alexnet_jax import inference, train  # imports JAX after the distributed setup
   from alexnet_jax.errors import UserError
 
   step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
@@ -88,11 +88,11 @@ def main(argv):
       print('eval: ' + json.dumps(result), flush=True)
       return
     if FLAGS.mode == 'figures':
-      for path in train.figures_for_checkpoint(config, workdir, step):
+      for path in inference.figures_for_checkpoint(config, workdir, step):
         print(f'figure: {path}', flush=True)
       return
     if FLAGS.mode == 'predict':
-      for result in train.predict(config, workdir, FLAGS.images, step):
+      for result in inference.predict(config, workdir, FLAGS.images, step):
         print('predict: ' + json.dumps(result), flush=True)
       return
     result = train.train_and_evaluate(config, workdir)
