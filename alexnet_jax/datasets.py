@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pathlib
 import struct
 
@@ -132,12 +133,264 @@ def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None):
   return builder
 
 
-def builder_for(name: str, data_dir: str | None, manual_dir: str | None):
-  """The prepared tfds builder of a dataset name."""
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+
+
+def _iter_tar(path):
+  """(name, file object) of each member of a tar, without TensorFlow (tfds's
+  `dl_manager.iter_archive` opens paths with tf.io.gfile)."""
+  import tensorflow_datasets as tfds
+  with open(path, 'rb') as f:
+    yield from tfds.download.iter_archive(f, tfds.download.ExtractMethod.TAR_STREAM)
+
+
+def _imagenet_builder_class():
+  """tfds's own imagenet2012 builder with its three TensorFlow calls replaced.
+
+  tfds 4.9.10's `imagenet2012` builder cannot prepare without TensorFlow: it checks the tars
+  with `tf.io.gfile.exists`, reads the validation labels and the val tar's names through
+  `tf.io.gfile.GFile`, opens the archives through `dl_manager.iter_archive` (tf.io.gfile
+  again), and re-encodes its 22 CMYK JPEGs and 1 PNG with `tf.image`. This subclass keeps
+  everything else (features, label names, validation labels, `_generate_examples`, version
+  5.1.0) and writes to the same `<data_dir>/imagenet2012/5.1.0`, so `tfds.builder(
+  'imagenet2012', data_dir=...)` reads the result as prepared."""
+  import io
+  import tarfile
+
+  from etils import epath
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as official
+  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+  class Imagenet2012NoTF(official.Builder, skip_registration=True):
+    name = 'imagenet2012'
+    pkg_dir_path = epath.Path(official.__file__).parent  # metadata of the official builder
+
+    def _split_generators(self, dl_manager):
+      train, val = (os.path.join(dl_manager.manual_dir, n) for n in IMAGENET_TARS)
+      labels_path = tfds.core.tfds_path(imagenet_common._VALIDATION_LABELS_FNAME)  # pylint: disable=protected-access
+      labels = labels_path.read_text().strip().splitlines()
+      with tarfile.open(val) as tar:  # labels are listed in the order of the sorted names
+        val_labels = dict(zip(sorted(tar.getnames()), labels))
+      return [
+          tfds.core.SplitGenerator(name=tfds.Split.TRAIN,
+                                   gen_kwargs={'archive': _iter_tar(train)}),
+          tfds.core.SplitGenerator(name=tfds.Split.VALIDATION,
+                                   gen_kwargs={'archive': _iter_tar(val),
+                                               'validation_labels': val_labels}),
+      ]
+
+    def _fix_image(self, image_fname, image):
+      """The official fix (CMYK and PNG files to RGB JPEG, quality 100) with Pillow."""
+      if image_fname not in official.CMYK_IMAGES and image_fname not in official.PNG_IMAGES:
+        return image
+      from PIL import Image
+      out = io.BytesIO()
+      Image.open(image).convert('RGB').save(out, 'JPEG', quality=100)
+      out.seek(0)
+      return out
+
+  return Imagenet2012NoTF
+
+
+def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None):
+  """The prepared tfds imagenet2012 (train and validation, array_record) in `data_dir`,
+  built without TensorFlow from ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
+  `manual_dir` if it is not prepared yet. The JPEGs are stored as they are in the tars."""
+  import tensorflow_datasets as tfds
+
+  official = tfds.builder('imagenet2012', data_dir=data_dir)
+  if official.is_prepared():
+    return official
+  where = pathlib.Path(manual_dir).expanduser() if manual_dir else None
+  if where is None or not all((where / n).is_file() for n in IMAGENET_TARS):
+    raise DatasetNotFoundError(
+        f'ImageNet not found: put {IMAGENET_TARS[0]} and {IMAGENET_TARS[1]} (from '
+        f'image-net.org) in data.manual_dir ({where or "not set"}), or a prepared tfds '
+        f'imagenet2012 in data.data_dir ({official.data_dir}).')
+  builder = _imagenet_builder_class()(data_dir=data_dir, file_format='array_record')
+  logging.info('Building tfds imagenet2012 from %s into %s', where, builder.data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(where)))
+  return tfds.builder('imagenet2012', data_dir=data_dir)
+
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.ppm', '.webp', '.tif', '.tiff')
+
+
+def _folder_files(split_dir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+  return {c.name: sorted(f for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+          for c in sorted(split_dir.iterdir()) if c.is_dir()}
+
+
+def _folder_builder_class():
+  """A tfds builder for <root>/<split>/<class>/<image>: tfds.folder_dataset.ImageFolder's
+  layout, built into array_record without TensorFlow (ImageFolder itself lists the folder
+  with tf.io.gfile and reads only through tf.data). The files are stored as they are."""
+  import tensorflow_datasets as tfds
+
+  class ImageFolderNoTF(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Images in class subfolders of split folders."""
+
+    name = 'image_folder'
+    VERSION = tfds.core.Version('1.0.0')
+
+    def __init__(self, *, root: str, **kwargs):
+      self._root = pathlib.Path(root).expanduser().resolve()
+      split_dirs = [d for d in sorted(self._root.iterdir()) if d.is_dir()] if (
+          self._root.is_dir()) else []
+      self._splits = {d.name: _folder_files(d) for d in split_dirs}
+      self._splits = {k: v for k, v in self._splits.items() if any(v.values())}
+      self._classes = sorted({c for files in self._splits.values() for c in files})
+      import hashlib
+      # The config names the folder and its listing: a changed folder is a new dataset.
+      listing = '\n'.join(f'{s}/{c}/{f.name}' for s, files in self._splits.items()
+                          for c, fs in files.items() for f in fs)
+      digest = hashlib.sha256(f'{self._root}\n{listing}'.encode()).hexdigest()[:12]
+      super().__init__(config=tfds.core.BuilderConfig(name=f'{self._root.name}_{digest}'),
+                       **kwargs)
+      # tfds pickles a builder (e.g. its data source, for grain's worker processes) as its
+      # __init__ arguments: ours, not the config made from them.
+      self._original_state = dict(kwargs, root=root)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=f'Images in class subfolders of {self._root}.',
+          features=tfds.features.FeaturesDict({
+              'image': tfds.features.Image(),
+              'label': tfds.features.ClassLabel(names=self._classes),
+              'file_name': tfds.features.Text(),
+          }),
+          supervised_keys=('image', 'label'),
+          disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(files) for split, files in self._splits.items()}
+
+    def _generate_examples(self, files):
+      for label, paths in files.items():
+        for path in paths:
+          name = f'{label}/{path.name}'
+          yield name, {'image': path.read_bytes(), 'label': label, 'file_name': name}
+
+  return ImageFolderNoTF
+
+
+def image_folder_builder(root: str, data_dir: str | None):
+  """The prepared tfds dataset of a folder <root>/<split>/<class>/<image> (splits such as
+  train/ and test/), built into `data_dir` on first use."""
+  path = pathlib.Path(root).expanduser()
+  cls = _folder_builder_class()
+  if not path.is_dir():
+    raise DatasetNotFoundError(
+        f'Image folder {path} not found: put the images in {path}/<split>/<class>/ '
+        '(e.g. train/cat/1.jpg, test/cat/2.jpg) and set data.folder to it.')
+  builder = cls(root=str(path), data_dir=data_dir, file_format='array_record')
+  if not builder._splits:  # pylint: disable=protected-access
+    raise DatasetNotFoundError(
+        f'No images in {path}/<split>/<class>/: put them in folders such as '
+        f'{path}/train/<class>/ and {path}/test/<class>/ ({", ".join(IMAGE_SUFFIXES)}).')
+  if not builder.is_prepared():
+    logging.info('Building tfds dataset from %s into %s', path, builder.data_dir)
+    builder.download_and_prepare()
+  return builder
+
+
+def _prepared_builder_class():
+  """A tfds builder that stores another prepared dataset's images as the paper did: shorter
+  side to `size`, central size x size crop (`transforms.resize_and_centre_crop`), JPEG."""
+  import io
+
+  import tensorflow_datasets as tfds
+
+  from alexnet_jax import transforms
+
+  class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Images of a source dataset, resized and centre-cropped once."""
+
+    name = 'prepared_images'
+    VERSION = tfds.core.Version('1.0.0')
+
+    def __init__(self, *, source, size: int, quality: int, **kwargs):
+      self._source, self._size, self._quality = source, size, quality
+      config = tfds.core.BuilderConfig(
+          name=f'{source.name}_{source.builder_config.name + "_" if source.builder_config else ""}'
+               f'{source.version}_{size}_q{quality}'.replace('.', '_'))
+      super().__init__(config=config, **kwargs)
+      self._original_state = dict(kwargs, source=source, size=size, quality=quality)
+
+    def _info(self):
+      features = self._source.info.features
+      return tfds.core.DatasetInfo(
+          builder=self,
+          description=(f'{self._source.name} {self._source.version}: shorter side '
+                       f'{self._size}, central {self._size}x{self._size}, JPEG quality '
+                       f'{self._quality}, 4:4:4.'),
+          features=tfds.features.FeaturesDict({
+              'image': tfds.features.Image(
+                  shape=(self._size, self._size, features['image'].shape[-1] or 3),
+                  encoding_format='jpeg'),
+              'label': tfds.features.ClassLabel(names=features['label'].names),
+          }),
+          supervised_keys=('image', 'label'),
+          disable_shuffling=True)  # keep the source's order
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(split) for split in self._source.info.splits}
+
+    def _generate_examples(self, split):
+      from PIL import Image
+      source = self._source.as_data_source(
+          split, decoders={'image': tfds.decode.SkipDecoding()})
+      channels = self._source.info.features['image'].shape[-1] or 3
+      for i in range(len(source)):
+        example = source[i]
+        image = example['image']
+        pil = Image.open(io.BytesIO(image)) if isinstance(image, bytes) else image
+        array = transforms.resize_and_centre_crop(pil, self._size, channels)
+        out = io.BytesIO()
+        Image.fromarray(array[..., 0] if channels == 1 else array).save(
+            out, 'JPEG', quality=self._quality, subsampling=0)  # 4:4:4: full-resolution colour
+        yield i, {'image': out.getvalue(), 'label': int(example['label'])}
+
+  return PreparedImages
+
+
+def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
+                    quality: int = 95):
+  """The paper's stored images ("optionally prepared once and stored"): every split of the
+  prepared `source_builder` with images resized so that the shorter side is `size` and
+  centre-cropped to size x size, JPEG-encoded, as a tfds array_record dataset in
+  `data_dir`, built on first use. Training then decodes small images and only crops."""
+  cls = _prepared_builder_class()
+  builder = cls(source=source_builder, size=size, quality=quality, data_dir=data_dir,
+                file_format='array_record')
+  if not builder.is_prepared():
+    logging.info('Storing %s at %dx%d into %s', source_builder.name, size, size,
+                 builder.data_dir)
+    builder.download_and_prepare()
+  return builder
+
+
+def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
+                folder: str | None = None):
+  """The prepared tfds builder of a dataset name: fashion_mnist and imagenet2012 are built
+  from their files on first use, image_folder from `folder`; any other tfds name must be
+  prepared in `data_dir` already."""
   import tensorflow_datasets as tfds
 
   if name == 'fashion_mnist':
     return fashion_mnist_builder(data_dir, manual_dir)
+  if name == 'imagenet2012':
+    return prepare_imagenet2012(data_dir, manual_dir)
+  if name == 'image_folder':
+    if not folder:
+      raise ConfigError('dataset=image_folder needs data.folder, a folder of '
+                        '<split>/<class>/<image> files.')
+    return image_folder_builder(folder, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # unknown name: tfds lists close matches
@@ -146,12 +399,7 @@ def builder_for(name: str, data_dir: str | None, manual_dir: str | None):
     instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
     where = (f'put its manual-download files in data.manual_dir ({manual_dir or "not set"})'
              if instructions else f'prepare it with `tfds build {name} --data_dir=...`')
-    hint = ''
-    if name == 'imagenet2012':
-      hint = (' (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from '
-              'image-net.org)')
-    raise DatasetNotFoundError(
-        f'Dataset {name} is not prepared in {builder.data_dir}: {where}{hint}.')
+    raise DatasetNotFoundError(f'Dataset {name} is not prepared in {builder.data_dir}: {where}.')
   return builder
 
 
@@ -164,9 +412,8 @@ def load_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
   shape = builder.info.features['image'].shape
   if None in shape:
     raise ConfigError(
-        f'{builder.name} has images of varying size, which this in-memory loader cannot '
-        'batch; it needs fixed-size images (the streaming 256x256 ImageNet pipeline is '
-        'not part of this version).')
+        f'{builder.name} has images of varying size, which data.pipeline=memory cannot batch; '
+        'use data.pipeline=stream (images resized to data.prepared_size).')
   if builder.info.file_format.value == 'array_record':
     source = builder.as_data_source(split=split)
     examples = source.__getitems__(range(len(source)))

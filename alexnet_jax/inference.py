@@ -52,43 +52,39 @@ def figures_for_checkpoint(config, workdir: str, step: int | None = None) -> lis
   return paths + ([curves] if curves else [])
 
 
-def load_image(path: str, size: int, channels: int) -> np.ndarray:
-  """An image file as the network's uint8 input: the shorter side resized to `size`, the
-  central size x size crop (the paper's test-time rescale and centre crop), grey or RGB."""
+def load_image(path: str):
+  """An image file as a PIL image, or one sentence saying why it cannot be read."""
   from PIL import Image
   try:
     image = Image.open(path)
     image.load()
   except (OSError, ValueError) as e:
     raise ConfigError(f'--images: cannot read {path} as an image ({e}).') from e
-  image = image.convert('L' if channels == 1 else 'RGB')
-  w, h = image.size
-  scale = size / min(w, h)
-  image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                       Image.BILINEAR)
-  w, h = image.size
-  left, top = (w - size) // 2, (h - size) // 2
-  array = np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
-  return array.reshape(size, size, channels)
+  return image
 
 
 def predict(config, workdir: str, paths: list[str], step: int | None = None,
             top: int = 5) -> list[dict]:
   """Classifies image files with a checkpoint: for each, the `top` class names and
-  probabilities. The training set is read for its mean image and class names (the input
-  must be normalised exactly as in training)."""
+  probabilities. Each image gets the eval split's centre view (`Data.test_view`: for the
+  stream pipeline the shorter side to data.prepared_size and the central crop), normalised
+  exactly as in training, with the training set's mean; the class names are the dataset's."""
   if not paths:
     raise ConfigError('--images names no image files.')
-  images = np.stack([load_image(p, config.data.image_size, config.data.channels)
-                     for p in paths])
+  pil_images = [load_image(p) for p in paths]
   params, meta = restore_params(config, workdir, step)
-  train_split, _, info = input_pipeline.load_dataset(config)
-  mean = input_pipeline.mean_image(train_split.images, config.data.mean)
+  data = input_pipeline.load(config)
+  views, windows = zip(*(data.test_view(image) for image in pil_images))
+  images = input_pipeline.pixel_batch(np.stack(views), np.stack(windows))
   spec = train.model_spec(config)
-  logits = jax.jit(functools.partial(model_lib.apply, spec=spec,
-                                     compute_dtype=train.compute_dtype(config)))(
-      params, images.astype(np.float32) - mean)
-  probs = np.asarray(jax.nn.softmax(logits.astype(jnp.float32)))
+
+  @jax.jit
+  def logits_fn(params, images):
+    x = input_pipeline.normalize(images, data.mean)
+    return model_lib.apply(params, x, spec, compute_dtype=train.compute_dtype(config))
+
+  probs = np.asarray(jax.nn.softmax(logits_fn(params, images).astype(jnp.float32)))
+  info = data.info
   results = []
   for path, p in zip(paths, probs):
     best = np.argsort(-p)[:min(top, len(p))]

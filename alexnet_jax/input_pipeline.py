@@ -1,6 +1,18 @@
 """Batches for training and evaluation, placed on the mesh.
 
-Small datasets (Fashion-MNIST, CIFAR) are decoded once into host memory. The
+Two pipelines, chosen by `data.pipeline` (`load`):
+  memory: small fixed-size datasets (Fashion-MNIST, CIFAR) decoded once into host memory
+          (`TrainLoader`: random crops of the zero-padded image and reflections);
+  stream: ImageNet-style datasets of encoded images, decoded every step in parallel workers
+          (`streaming.StreamTrainLoader`: the paper's 256x256 images, random 224 crops,
+          reflections, PCA lighting, 10-crop test).
+
+Both hand the device the same batch: uint8 pixels plus, per view, the window it was cut from
+in the prepared image and its PCA shift (`pixel_batch`). The float work (mean subtraction and
+the shift) runs on the device inside the jitted step (`normalize`): the host moves a quarter
+of the bytes of float32 and does no arithmetic on pixels.
+
+For the memory pipeline: the
 training order is a pure function of (seed, step): epoch e is the permutation
 drawn from (seed, e), so a loader's position is just the step it is at and a
 restarted run continues with exactly the next batch. Augmentation draws its
@@ -17,13 +29,18 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import datasets
+from alexnet_jax import transforms
 from alexnet_jax.errors import ConfigError
+
+PIPELINES = ('memory', 'stream')
+MEAN_MODES = ('pixel', 'channel', 'none')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +59,87 @@ class DataInfo:
   class_names: tuple[str, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class Data:
+  """What a run reads from its dataset (`load`)."""
+  info: DataInfo
+  mean: np.ndarray  # subtracted on the device: per pixel (H, W, C) of the prepared image, or (C,)
+  loader: Any  # TrainLoader or streaming.StreamTrainLoader: .steps_per_epoch, .batches(...)
+  # (global_batch, image_sharding, label_sharding, ten_crop=False) -> (images, labels, weights)
+  eval_batches: Callable[..., Iterator]
+  test_view: Callable[[Any], tuple[np.ndarray, np.ndarray]]  # PIL image -> (uint8 view, window)
+
+
+# ---- the batch the device receives -------------------------------------------
+
+
+def pixel_batch(pixels: np.ndarray, window: np.ndarray | None = None,
+                shift: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Images as the device receives them: uint8 `pixels` (..., S, S, C); per view, the
+  `window` (top, left, reflected) it was cut from in the prepared image (where the
+  per-pixel mean is taken from; zeros: the mean as it is) and the PCA `shift` (C,) to add."""
+  lead, channels = pixels.shape[:-3], pixels.shape[-1]
+  return {'pixels': pixels,
+          'window': np.zeros((*lead, 3), np.int32) if window is None else window,
+          'shift': np.zeros((*lead, channels), np.float32) if shift is None else shift}
+
+
+def normalize(images, mean) -> jax.Array:
+  """The network's float32 input from a `pixel_batch` (on the device, inside the step):
+  pixels minus the mean under each view's window, plus its PCA shift; `transforms.normalize`
+  is the same in numpy. Float32 `images` are taken as already normalised."""
+  if not isinstance(images, dict):
+    return images
+  pixels = images['pixels']
+  size, channels = pixels.shape[-3], pixels.shape[-1]
+  x = pixels.astype(jnp.float32)
+  if mean is not None:
+    mean = jnp.asarray(mean, jnp.float32)
+    if mean.ndim == 3:  # per pixel: the window of the view, reflected with it
+
+      def window(w):
+        m = jax.lax.dynamic_slice(mean, (w[0], w[1], 0), (size, size, channels))
+        return jnp.where(w[2] > 0, m[:, ::-1], m)
+
+      mean = jax.vmap(window)(images['window'].reshape(-1, 3)).reshape(pixels.shape)
+    x = x - mean
+  return x + images['shift'][..., None, None, :]
+
+
 # ---- sources -----------------------------------------------------------------
 
 
+def load(config) -> Data:
+  """The run's data, by `data.pipeline` (the config's edge for everything data)."""
+  d = config.data
+  if d.pipeline not in PIPELINES:
+    raise ConfigError(f'data.pipeline={d.pipeline!r} is not one of {", ".join(PIPELINES)}.')
+  if d.pipeline == 'stream':
+    from alexnet_jax import streaming  # pylint: disable=import-outside-toplevel
+    return streaming.load(config)
+  unsupported = {k: d[k] for k in ('prepared_size', 'crop_size', 'pca_sigma') if d[k]}
+  if unsupported:
+    fields = ', '.join(f'data.{k}={v}' for k, v in unsupported.items())
+    raise ConfigError(f'{fields}: the memory pipeline uses images as they are stored (crops of '
+                      'the padded image, data.crop_pad); set them to 0 or data.pipeline=stream.')
+  train, evals, info = load_dataset(config)
+  size, channels = info.image_size, info.channels
+
+  def test_view(image):
+    view = transforms.resize_and_centre_crop(image, size, channels)
+    return view, np.zeros((3,), np.int32)
+
+  return Data(info=info, mean=mean_image(train.images, d.mean),
+              loader=TrainLoader(train, config.batch_size, config.seed, pad=d.crop_pad,
+                                 flip=d.flip),
+              eval_batches=lambda batch, images, labels, ten_crop=False: eval_batches(
+                  evals, batch, images, labels, d.crop_pad if ten_crop else None),
+              test_view=test_view)
+
+
 def load_dataset(config) -> tuple[Split, Split, DataInfo]:
-  """Train and eval splits of `config.dataset` (synthetic data is generated)."""
+  """Train and eval splits of `config.dataset` decoded into memory (synthetic data is
+  generated)."""
   d = config.data
   if config.dataset == 'synthetic':
     rng = np.random.default_rng(config.seed)
@@ -57,7 +150,7 @@ def load_dataset(config) -> tuple[Split, Split, DataInfo]:
     train, evals = make(n_train), make(n_eval)
     names = tuple(str(i) for i in range(d.num_classes))
   else:
-    builder = datasets.builder_for(config.dataset, d.data_dir, d.manual_dir)
+    builder = datasets.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
     train = Split(*datasets.load_arrays(builder, d.train_split))
     evals = Split(*datasets.load_arrays(builder, d.eval_split))
     names = tuple(datasets.class_names(builder))
@@ -75,7 +168,7 @@ def mean_image(images: np.ndarray, mode: str) -> np.ndarray:
     return images.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
   if mode == 'none':
     return np.zeros((images.shape[-1],), np.float32)
-  raise ConfigError(f'data.mean={mode!r} is not one of pixel, channel, none.')
+  raise ConfigError(f'data.mean={mode!r} is not one of {", ".join(MEAN_MODES)}.')
 
 
 # ---- augmentation ------------------------------------------------------------
@@ -128,12 +221,12 @@ def process_rows(sharding, global_batch: int) -> slice:
 class TrainLoader:
   """Deterministic, resumable training batches: batch `step` depends only on (seed, step)."""
 
-  def __init__(self, split: Split, mean: np.ndarray, global_batch: int, seed: int,
-               pad: int = 0, flip: bool = False):
+  def __init__(self, split: Split, global_batch: int, seed: int, pad: int = 0,
+               flip: bool = False):
     if len(split.labels) < global_batch:
       raise ConfigError(f'batch_size={global_batch} is larger than the '
                        f'{len(split.labels)} training examples.')
-    self.split, self.mean = split, mean
+    self.split = split
     self.global_batch, self.seed, self.pad, self.flip = global_batch, seed, pad, flip
     self.steps_per_epoch = len(split.labels) // global_batch  # the remainder is dropped
     self._perm_epoch, self._perm = None, None
@@ -150,8 +243,9 @@ class TrainLoader:
     return self._permutation(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
 
   def host_batch(self, step: int, image_rows: slice | None = None,
-                 label_rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of batch `step` (all by default): float32 images minus the mean, and labels."""
+                 label_rows: slice | None = None) -> tuple[dict, np.ndarray]:
+    """Rows of batch `step` (all by default): a `pixel_batch` of the augmented uint8 images
+    (the mean is subtracted from the whole image, window 0), and labels."""
     idx = self.indices(step)
     image_rows = image_rows or slice(0, self.global_batch)
     label_rows = label_rows or image_rows
@@ -160,30 +254,31 @@ class TrainLoader:
       rngs = [np.random.default_rng([self.seed, step, j])
               for j in range(image_rows.start, image_rows.stop)]
       images = augment(images, rngs, self.pad, self.flip)
-    return images.astype(np.float32) - self.mean, self.split.labels[idx[label_rows]]
+    return pixel_batch(images), self.split.labels[idx[label_rows]]
 
   def batches(self, start_step: int, num_steps: int, image_sharding, label_sharding,
-              prefetch: int = 2) -> Iterator[tuple[jax.Array, jax.Array]]:
+              prefetch: int = 2) -> Iterator[tuple[dict, jax.Array]]:
     """Batches start_step .. start_step + num_steps - 1, prepared in a background thread."""
     rows = (process_rows(image_sharding, self.global_batch),
             process_rows(label_sharding, self.global_batch))
-
-    def produce(step):
-      images, labels = self.host_batch(step, *rows)
-      return (to_global(images, image_sharding, self.global_batch),
-              to_global(labels, label_sharding, self.global_batch))
-
-    yield from _prefetch((produce(s) for s in range(start_step, start_step + num_steps)),
-                         prefetch)
+    host = (self.host_batch(s, *rows) for s in range(start_step, start_step + num_steps))
+    yield from place(host, image_sharding, label_sharding, self.global_batch, prefetch)
 
 
-def eval_batches(split: Split, mean: np.ndarray, global_batch: int, image_sharding,
-                 label_sharding, views=None):
-  """The whole eval split in order; the last batch is padded with weight-0 examples.
+def place(host_batches, image_sharding, label_sharding, global_batch: int, prefetch: int):
+  """(images, labels) host batches of this process's rows as global arrays on the mesh,
+  `prefetch` ahead in a thread."""
+  placed = ((to_global(images, image_sharding, global_batch),
+             to_global(labels, label_sharding, global_batch))
+            for images, labels in host_batches)
+  yield from _prefetch(placed, prefetch)
 
-  `views` (e.g. `functools.partial(ten_crop, pad=2)`) maps uint8 images (B, H, W, C) to
-  (B, V, H, W, C) for a multi-view test.
-  """
+
+def eval_batches(split: Split, global_batch: int, image_sharding, label_sharding,
+                 ten_crop_pad: int | None = None):
+  """The whole eval split in order as `pixel_batch`es; the last batch is padded with
+  weight-0 examples. `ten_crop_pad` (not None): the 10 views of `ten_crop`,
+  (B, 10, H, W, C), for the multi-view test."""
   n = len(split.labels)
   rows = process_rows(image_sharding, global_batch)
   label_rows = process_rows(label_sharding, global_batch)
@@ -192,16 +287,17 @@ def eval_batches(split: Split, mean: np.ndarray, global_batch: int, image_shardi
     weights = (idx < n).astype(np.float32)
     idx = np.minimum(idx, n - 1)
     images = split.images[idx[rows]]
-    if views is not None:
-      images = views(images)
-    images = images.astype(np.float32) - mean
-    yield (to_global(images, image_sharding, global_batch),
+    if ten_crop_pad is not None:
+      images = ten_crop(images, ten_crop_pad)
+    yield (to_global(pixel_batch(images), image_sharding, global_batch),
            to_global(split.labels[idx[label_rows]], label_sharding, global_batch),
            to_global(weights[label_rows], label_sharding, global_batch))
 
 
-def to_global(local: np.ndarray, sharding, global_batch: int) -> jax.Array:
-  """Assembles the global batch from each process's rows."""
+def to_global(local, sharding, global_batch: int):
+  """Assembles the global batch (an array or a dict of arrays) from each process's rows."""
+  if isinstance(local, dict):
+    return {k: to_global(v, sharding, global_batch) for k, v in local.items()}
   if jax.process_count() == 1:
     return jax.device_put(local, sharding)
   return jax.make_array_from_process_local_data(

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
 from alexnet_jax.sharding import Layout
 
@@ -89,8 +90,12 @@ def _metric_sums(logits, labels, weights):
 def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
                     tx: optax.GradientTransformation, global_batch: int,
                     compute_dtype=jnp.float32, donate: bool = True,
-                    skip_nonfinite: bool = False):
+                    skip_nonfinite: bool = False, mean=None):
   """Returns train_step(state, images, labels) -> (state, metrics).
+
+  `images` is a float32 batch, or an `input_pipeline.pixel_batch` (uint8 pixels, windows,
+  PCA shifts) that each device normalises for its rows with `mean`
+  (`input_pipeline.normalize`).
 
   With `skip_nonfinite`, a step whose loss or gradient is NaN or Inf leaves the parameters and
   optimizer state as they were (the step counter still advances, so the next batch is used)
@@ -99,6 +104,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
   axes = layout.apply_axes
 
   def local_loss(params, images, labels, key):
+    images = input_pipeline.normalize(images, mean)
     local_b = labels.shape[0]
     logits = model_lib.apply(params, images, spec, train=True, dropout_key=key,
                              example_ids=layout.example_ids(local_b),
@@ -109,7 +115,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
 
   def train_step(state: TrainState, images, labels):
     key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
-    images = jax.reshard(images, layout.batch_spec)
+    images = jax.tree.map(lambda x: jax.reshard(x, layout.batch_spec), images)
     labels = jax.reshard(labels, layout.label_spec)
     specs = layout.param_specs(state.params)
     loss_fn = jax.shard_map(
@@ -134,9 +140,11 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
   return _on_mesh(jax.jit(train_step, donate_argnums=(0,) if donate else ()), layout.mesh)
 
 
-def make_eval_step(spec: model_lib.AlexNetSpec, layout: Layout, compute_dtype=jnp.float32):
+def make_eval_step(spec: model_lib.AlexNetSpec, layout: Layout, compute_dtype=jnp.float32,
+                   mean=None):
   """Returns eval_step(params, images, labels, weights) -> summed metrics.
 
+  `images` as for `make_train_step`.
   `weights` is 0 for padding examples of a last, partial batch. With
   `images` of shape (B, V, H, W, C) the softmax is averaged over the V views
   (the paper's 10-crop test, section 4.1).
@@ -144,18 +152,20 @@ def make_eval_step(spec: model_lib.AlexNetSpec, layout: Layout, compute_dtype=jn
   axes = layout.apply_axes
 
   def local_eval(params, images, labels, weights):
+    images = input_pipeline.normalize(images, mean)
     if images.ndim == 5:
       b, v = images.shape[:2]
       logits = model_lib.apply(params, images.reshape(b * v, *images.shape[2:]), spec,
                                compute_dtype=compute_dtype, **axes)
-      probs = jax.nn.softmax(logits).reshape(-1, v, logits.shape[-1]).mean(axis=1)
-      logits = jnp.log(probs)
+      # log of the mean softmax, computed in log space so that it never underflows to -inf
+      log_probs = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(b, v, -1)
+      logits = jax.nn.logsumexp(log_probs, axis=1) - jnp.log(float(v))
     else:
       logits = model_lib.apply(params, images, spec, compute_dtype=compute_dtype, **axes)
     return jax.lax.psum(_metric_sums(logits, labels, weights), layout.label_axes)
 
   def eval_step(params, images, labels, weights):
-    images = jax.reshard(images, layout.batch_spec)
+    images = jax.tree.map(lambda x: jax.reshard(x, layout.batch_spec), images)
     labels, weights = (jax.reshard(x, layout.label_spec) for x in (labels, weights))
     return jax.shard_map(
         local_eval, mesh=layout.mesh,

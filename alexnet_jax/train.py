@@ -32,7 +32,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NONFINITE = ('stop', 'skip')
 SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
 NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps',
-                'profile.')
+                'profile.', 'data.workers', 'data.prefetch', 'data.max_bad_records')
 
 
 # ---- reading the config (the edge) -------------------------------------------
@@ -191,10 +191,13 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
 # ---- evaluation -------------------------------------------------------------
 
 
-def evaluate(eval_step, params, split, mean, layout, batch_size, views=None) -> dict[str, float]:
+def evaluate(eval_step, params, data: input_pipeline.Data, layout, batch_size,
+             ten_crop: bool = False) -> dict[str, float]:
+  """Loss, top-1 and top-5 over the eval split: on the centre view, or with the paper's
+  10-crop softmax averaging (section 4.1)."""
   totals = None
-  for images, labels, weights in input_pipeline.eval_batches(
-      split, mean, batch_size, layout.batch_sharding(), layout.label_sharding(), views):
+  for images, labels, weights in data.eval_batches(
+      batch_size, layout.batch_sharding(), layout.label_sharding(), ten_crop):
     sums = eval_step(params, images, labels, weights)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
@@ -224,17 +227,15 @@ class _Setup:
     check_workdir(workdir)
     self.spec = model_spec(config)
     self.dtype = compute_dtype(config)
-    self.train_split, self.eval_split, info = input_pipeline.load_dataset(config)
+    self.data = input_pipeline.load(config)
+    info = self.data.info
     got = (info.image_size, info.channels, info.num_classes)
     want = (config.data.image_size, config.data.channels, config.data.num_classes)
     if got != want:
       raise ConfigError(f'{config.dataset} has images of size {got[0]} with {got[1]} channels '
                         f'and {got[2]} classes, but the config says {want}; set '
                         'data.image_size, data.channels and data.num_classes to match.')
-    self.mean = input_pipeline.mean_image(self.train_split.images, config.data.mean)
-    self.loader = input_pipeline.TrainLoader(
-        self.train_split, self.mean, config.batch_size, config.seed, pad=config.data.crop_pad,
-        flip=config.data.flip)
+    self.loader = self.data.loader
     self.total_steps = (config.num_train_steps if config.num_train_steps > 0
                         else config.num_epochs * self.loader.steps_per_epoch)
     self.tx = make_optimizer(config, self.total_steps)
@@ -251,19 +252,17 @@ class _Setup:
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates the latest (or `step`'s) checkpoint on the eval split without training: the
-  centre view (the image itself) and the paper's 10-crop test (`input_pipeline.ten_crop`)."""
+  centre view and the paper's 10-crop test (section 4.1)."""
   setup = _Setup(config, workdir, step)
   if setup.state is None:
     where = os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR)
     raise checkpointing.NoCheckpointError(
         f'No restorable checkpoint{"" if step is None else f" for step {step}"} in {where}.')
   layout = setup.layout
-  eval_step = steps_lib.make_eval_step(setup.spec, layout, setup.dtype)
-  centre = evaluate(eval_step, setup.state.params, setup.eval_split, setup.mean, layout,
-                    config.eval_batch_size)
-  ten = evaluate(eval_step, setup.state.params, setup.eval_split, setup.mean, layout,
-                 config.eval_batch_size,
-                 views=functools.partial(input_pipeline.ten_crop, pad=config.data.crop_pad))
+  eval_step = steps_lib.make_eval_step(setup.spec, layout, setup.dtype, mean=setup.data.mean)
+  centre = evaluate(eval_step, setup.state.params, setup.data, layout, config.eval_batch_size)
+  ten = evaluate(eval_step, setup.state.params, setup.data, layout, config.eval_batch_size,
+                 ten_crop=True)
   result = {'step': int(setup.meta['step']), 'checkpoint': setup.checkpoint_path,
             'mesh': sharding.describe(layout)}
   result.update({k.replace('eval/', 'centre/'): v for k, v in centre.items()})
@@ -368,8 +367,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     state = steps_lib.create_train_state(jax.random.key(config.seed), spec, setup.tx, layout)
   skip = config.on_nonfinite_loss == 'skip'
   train_step = steps_lib.make_train_step(spec, layout, setup.tx, config.batch_size,
-                                         setup.dtype, skip_nonfinite=skip)
-  eval_step = steps_lib.make_eval_step(spec, layout, setup.dtype)
+                                         setup.dtype, skip_nonfinite=skip,
+                                         mean=setup.data.mean)
+  eval_step = steps_lib.make_eval_step(spec, layout, setup.dtype, mean=setup.data.mean)
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = metrics_lib.Progress(total_steps, config.batch_size, enabled=is_main)
   writer.progress = progress
@@ -399,8 +399,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   batches = loader.batches(start_step, total_steps - start_step, layout.batch_sharding(),
                            layout.label_sharding(), config.data.prefetch)
   for step, (images, labels) in zip(range(start_step + 1, total_steps + 1), batches):
-    if step == faults.nan_at_step:
-      images = images * jnp.nan
+    if step == faults.nan_at_step:  # a NaN in every pixel, through the PCA shift
+      images = dict(images, shift=images['shift'] * jnp.nan)
     if compiled_step is None:
       # Compiled ahead of the first step (once: the loop then calls this executable), so that
       # XLA's FLOP count is that of the very program that runs.
@@ -438,13 +438,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         scalars['step_time'] = elapsed / timed
         if step_flops and peak['total']:
           scalars['mfu'] = step_flops / scalars['step_time'] / peak['total']
+      if getattr(loader, 'bad_records', 0):
+        scalars['train/bad_records'] = float(loader.bad_records)
       memory = metrics_lib.device_memory_in_use(local_devices)
       if memory is not None:
         scalars['memory/bytes_in_use'] = memory
       writer.write(step, scalars)
       t_last, timed, pending = time.perf_counter(), 0, []
     if step % eval_every == 0 or step == total_steps:
-      last_eval = evaluate(eval_step, state.params, setup.eval_split, setup.mean, layout,
+      last_eval = evaluate(eval_step, state.params, setup.data, layout,
                            config.eval_batch_size)
       if config.lr_schedule == 'plateau' and plateau.update(1.0 - last_eval['eval/top1']):
         new_lr = float(state.opt_state.hyperparams['learning_rate']) * config.lr_factor

@@ -12,23 +12,42 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Data: tfds imagenet2012 with its manual download (ILSVRC2012_img_train.tar and
-  # ILSVRC2012_img_val.tar in data.manual_dir).
+  # Data (alexnet_jax/input_pipeline.py, streaming.py). dataset: imagenet2012 (its manual
+  # download, ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in data.manual_dir, is
+  # built into data.data_dir on first use), fashion_mnist, image_folder (data.folder of
+  # <split>/<class>/<image>), synthetic, or any tfds image classification dataset prepared
+  # in data.data_dir (cifar10, imagenette, ...).
   config.dataset = 'imagenet2012'
   config.data = ml_collections.ConfigDict()
   config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.data.manual_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.folder = ml_collections.FieldReference(None, field_type=str)
   config.data.train_split = 'train'
   config.data.eval_split = 'validation'
   config.data.image_size = 224  # the network's input: random 224 crops (section 4.1)
   config.data.channels = 3
   config.data.num_classes = 1000
-  config.data.mean = 'pixel'  # subtract the training set's per-pixel mean (section 2)
-  config.data.crop_pad = 0  # random crops of the image zero-padded by this many pixels
+  # stream: decode every step in workers (ImageNet-style data of any image size);
+  # memory: decode once into RAM (small datasets of one image size, data.crop_pad crops).
+  config.data.pipeline = 'stream'
+  # Each step of the paper's pipeline can be switched off (0 / False / 'none').
+  config.data.prepared_size = 256  # shorter side to 256, central 256x256 (section 2); 0: off
+  config.data.prepare_once = True  # store the prepared images once in data_dir, as the paper
+  config.data.crop_size = 224  # random crops to train, the centre / 10 crops to test; 0: off
   config.data.flip = True  # random horizontal reflections (section 4.1)
+  config.data.pca_sigma = 0.1  # PCA colour augmentation (section 4.1); 0: off
+  config.data.pca = 'imagenet'  # imagenet: the card's eigenvectors; statistics: computed
+  config.data.mean = 'pixel'  # subtract the training set's per-pixel mean (section 2)
+  # .npz of scripts/compute_pixel_statistics.py (mean image, PCA); empty: computed at start
+  # over statistics_examples training images (0: all) drawn with the seed.
+  config.data.statistics = ''
+  config.data.statistics_examples = 10_000
+  config.data.workers = 0  # decode processes (grain); 0: a thread of the training process
+  config.data.max_bad_records = 100  # undecodable training records to skip before stopping; -1: any
+  config.data.crop_pad = 0  # memory: random crops of the image zero-padded by this many pixels
   config.data.synthetic_train_examples = 1024  # dataset='synthetic' only
   config.data.synthetic_eval_examples = 256
-  config.data.prefetch = 2
+  config.data.prefetch = 2  # batches placed on the devices ahead of the step
 
   # Model: the paper's two-tower network (section 3, Fig. 2).
   config.model = ml_collections.ConfigDict()

@@ -17,6 +17,12 @@ def get_config():
   config.data.image_size = 28
   config.data.channels = 1
   config.data.num_classes = 10
+  # 28x28 images decoded once into memory; random crops of the image padded by 2 and
+  # reflections; no 256/224 preparation and no PCA lighting (grey images).
+  config.data.pipeline = 'memory'
+  config.data.prepared_size = 0
+  config.data.crop_size = 0
+  config.data.pca_sigma = 0.0
   config.data.crop_pad = 2
   config.data.flip = True
 

@@ -6,6 +6,10 @@ from configs import alexnet
 def get_config():
   config = alexnet.get_config()
   config.dataset = 'synthetic'
+  config.data.pipeline = 'memory'  # generated in memory at data.image_size, used as it is
+  config.data.prepared_size = 0
+  config.data.crop_size = 0
+  config.data.pca_sigma = 0.0
   config.data.flip = False
   config.data.mean = 'none'
   config.batch_size = 32

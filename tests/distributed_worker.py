@@ -23,11 +23,11 @@ def train_losses(num_steps: int = 3, batch: int = 16) -> list[float]:
   rng = np.random.default_rng(0)
   split = input_pipeline.Split(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
                                rng.integers(0, 10, (64,), dtype=np.int32))
-  loader = input_pipeline.TrainLoader(split, np.full((3,), 127.5, np.float32), batch, seed=0,
-                                      pad=2, flip=True)
+  loader = input_pipeline.TrainLoader(split, batch, seed=0, pad=2, flip=True)
   tx = optimizer.paper_momentum(0.01)
   state = steps.create_train_state(jax.random.key(0), spec, tx, layout)
-  train_step = steps.make_train_step(spec, layout, tx, batch)
+  train_step = steps.make_train_step(spec, layout, tx, batch,
+                                     mean=np.full((3,), 127.5, np.float32))
   losses = []
   for images, labels in loader.batches(0, num_steps, layout.batch_sharding(),
                                        layout.label_sharding()):

@@ -71,7 +71,7 @@ def test_embedded_subset_is_real_fashion_mnist():
 def make_loader(n=40, batch=8, seed=3, **kw):
   images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 1), np.uint8)
   split = input_pipeline.Split(images, np.arange(n, dtype=np.int32))
-  return input_pipeline.TrainLoader(split, np.zeros((1,), np.float32), batch, seed, **kw)
+  return input_pipeline.TrainLoader(split, batch, seed, **kw)
 
 
 def test_each_epoch_is_a_permutation_and_order_depends_on_seed():
@@ -87,8 +87,11 @@ def test_each_epoch_is_a_permutation_and_order_depends_on_seed():
 def test_a_new_loader_resumes_at_exactly_the_next_batch():
   a, b = make_loader(pad=1, flip=True), make_loader(pad=1, flip=True)
   for step in (0, 7, 12):  # a restarted run builds a new loader and asks for `step`
-    for x, y in zip(a.host_batch(step), b.host_batch(step)):
-      np.testing.assert_array_equal(x, y)
+    (xa, ya), (xb, yb) = a.host_batch(step), b.host_batch(step)
+    np.testing.assert_array_equal(ya, yb)
+    for key in ('pixels', 'window', 'shift'):
+      np.testing.assert_array_equal(xa[key], xb[key])
+    assert xa['pixels'].dtype == np.uint8 and xa['pixels'].shape == (8, 4, 4, 1)
 
 
 def test_random_crops_cover_the_padded_range_and_reflect():

@@ -1,0 +1,142 @@
+"""Input pipeline throughput: raw JPEG decode against the paper's full training pipeline.
+
+Run from the repository root:
+
+    python benchmarks/input_pipeline.py                      # 256 images, workers 0,1,2
+    python benchmarks/input_pipeline.py --num_images=1024 --workers=0,2,4,8
+
+The images: `--num_images` ImageNet-sized JPEGs (about 500x375, quality 90) cut from a
+real photograph that a dependency ships (matplotlib's sample `grace_hopper.jpg`, 512x600):
+random windows rescaled to 440-520 x 330-400, so no two files are the same.
+
+What is timed, for each worker count (0: in this process, one core):
+  (a) raw decode: Pillow `Image.open(...).convert('RGB')` of every file, in `w` processes
+      (concurrent.futures), returning only the shape;
+  (b) full pipeline: `streaming.StreamTrainLoader.host_batches` (decode, shorter side to
+      256 + central crop, per-channel mean subtraction, random 224 crop, reflection, PCA
+      lighting; float32 batches of `--batch`), decoded in `w` grain worker processes;
+  (c) the same pipeline on the images prepared once and stored as the paper did (shorter
+      side 256, central 256x256, re-encoded as JPEG quality 95): per epoch only the small
+      decode and the augmentation remain. Its ratio is to (a), the decode of the originals.
+Raw decode: the best of `--repeats` passes over the files, after the pool has started.
+Pipelines: `--steps` batches in steady state, after 2 batches per worker of warm-up (so
+worker start-up is not counted). Images/s per core divides by max(w, 1).
+The goal of issue 4 is (b) at 80% or more of (a) per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from alexnet_jax import streaming  # pylint: disable=wrong-import-position
+
+
+def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
+  from PIL import Image
+  import matplotlib.cbook
+  photo = Image.open(matplotlib.cbook.get_sample_data('grace_hopper.jpg')).convert('RGB')
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    w, h = int(rng.integers(300, 512)), int(rng.integers(250, 450))
+    x, y = int(rng.integers(0, 512 - w + 1)), int(rng.integers(0, 600 - h + 1))
+    size = (int(rng.integers(440, 521)), int(rng.integers(330, 401)))
+    image = photo.crop((x, y, x + w, y + h)).resize(size, Image.BICUBIC)
+    if rng.random() < 0.5:
+      image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    buf = io.BytesIO()
+    image.save(buf, 'JPEG', quality=90)
+    out.append(buf.getvalue())
+  return out
+
+
+def _decode_shape(data: bytes):
+  from PIL import Image
+  return Image.open(io.BytesIO(data)).convert('RGB').size
+
+
+def raw_decode(jpegs: list[bytes], workers: int, repeats: int) -> float:
+  """Images/s decoding every file, best of `repeats` passes (the pool is started and
+  warmed up first)."""
+  best = float('inf')
+  if workers <= 0:
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for data in jpegs:
+        _decode_shape(data)
+      best = min(best, time.perf_counter() - start)
+    return len(jpegs) / best
+  with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    list(pool.map(_decode_shape, jpegs[:16 * workers], chunksize=4))
+    for _ in range(repeats):
+      start = time.perf_counter()
+      list(pool.map(_decode_shape, jpegs, chunksize=8))
+      best = min(best, time.perf_counter() - start)
+  return len(jpegs) / best
+
+
+def prepare(jpegs: list[bytes]) -> list[bytes]:
+  """The paper's stored images: shorter side 256, central 256x256, JPEG quality 95."""
+  from PIL import Image
+  out = []
+  for data in jpegs:
+    buf = io.BytesIO()
+    Image.fromarray(streaming.decode(data, 256)).save(buf, 'JPEG', quality=95)
+    out.append(buf.getvalue())
+  return out
+
+
+def full_pipeline(jpegs: list[bytes], workers: int, batch: int, steps: int) -> float:
+  """Images/s of the loader in steady state: `steps` batches timed after 2 per worker of
+  warm-up (worker start-up is not counted); epochs repeat over the files."""
+  source = [{'image': data, 'label': i % 1000} for i, data in enumerate(jpegs)]
+  loader = streaming.StreamTrainLoader(source, batch, 0, streaming.Augment(),
+                                       mean=np.array([127.3, 119.7, 104.9]), workers=workers)
+  warm = 2 * max(workers, 1)
+  batches = loader.host_batches(0, warm + steps)
+  for _ in range(warm):
+    next(batches)
+  start = time.perf_counter()
+  count = sum(len(y) for _, y in batches)
+  assert count == steps * batch
+  return count / (time.perf_counter() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--num_images', type=int, default=256)
+  parser.add_argument('--workers', default='0,1,2')
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--repeats', type=int, default=2, help='raw decode passes')
+  parser.add_argument('--steps', type=int, default=16, help='timed pipeline batches')
+  args = parser.parse_args()
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()
+  jpegs = make_jpegs(args.num_images)
+  sizes = np.array([streaming.decode(d, 0).shape[:2] for d in jpegs[:32]])
+  print(f'{len(jpegs)} JPEGs, mean {sizes[:, 1].mean():.0f}x{sizes[:, 0].mean():.0f}, '
+        f'{np.mean([len(d) for d in jpegs]) / 1024:.0f} KiB each; {os.cpu_count()} CPUs')
+  prepared = prepare(jpegs)
+  print('| workers | (a) raw decode img/s | per core | (b) full pipeline img/s | per core | '
+        '(b)/(a) | (c) from prepared 256 img/s | (c)/(a) |')
+  print('|---:|---:|---:|---:|---:|---:|---:|---:|')
+  for w in (int(x) for x in args.workers.split(',')):
+    raw = raw_decode(jpegs, w, args.repeats)
+    full = full_pipeline(jpegs, w, args.batch, args.steps)
+    stored = full_pipeline(prepared, w, args.batch, args.steps)
+    cores = max(w, 1)
+    print(f'| {w} | {raw:.0f} | {raw / cores:.0f} | {full:.0f} | {full / cores:.0f} | '
+          f'{full / raw:.2f} | {stored:.0f} | {stored / raw:.2f} |', flush=True)
+
+
+if __name__ == '__main__':
+  main()
