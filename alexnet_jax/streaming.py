@@ -349,7 +349,7 @@ def _check(config) -> None:
                       'set data.prepared_size, or data.mean=none with data.pca=imagenet.')
 
 
-def _split_source(builder, split: str):
+def split_source(builder, split: str):
   import tensorflow_datasets as tfds
   if split not in builder.info.splits:
     raise ConfigError(f'{builder.name} has no split {split!r}; it has '
@@ -377,15 +377,23 @@ def _statistics(config, source) -> dict:
   return pixel_statistics(source, d.prepared_size, limit, config.seed, d.channels)
 
 
-def load(config) -> input_pipeline.Data:
-  """The stream pipeline of `config` (`input_pipeline.load` with data.pipeline=stream)."""
+def training_builder(config):
+  """The prepared tfds builder the stream pipeline reads: the dataset's, or with
+  data.prepare_once its images stored once at data.prepared_size (as the paper did)."""
   _check(config)
   d = config.data
   builder = datasets.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
-  if d.prepare_once and d.prepared_size:  # the paper stored its images at 256x256
+  if d.prepare_once and d.prepared_size:
     builder = datasets.prepare_resized(builder, d.data_dir, d.prepared_size)
-  train_source = _split_source(builder, d.train_split)
-  eval_source = _split_source(builder, d.eval_split)
+  return builder
+
+
+def load(config) -> input_pipeline.Data:
+  """The stream pipeline of `config` (`input_pipeline.load` with data.pipeline=stream)."""
+  d = config.data
+  builder = training_builder(config)
+  train_source = split_source(builder, d.train_split)
+  eval_source = split_source(builder, d.eval_split)
   stats = None
   if d.mean != 'none' or (d.pca_sigma and d.pca == 'statistics'):
     stats = _statistics(config, train_source)

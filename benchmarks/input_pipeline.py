@@ -13,8 +13,11 @@ What is timed, for each worker count (0: in this process, one core):
   (a) raw decode: Pillow `Image.open(...).convert('RGB')` of every file, in `w` processes
       (concurrent.futures), returning only the shape;
   (b) full pipeline: `streaming.StreamTrainLoader.host_batches` (decode, shorter side to
-      256 + central crop, per-channel mean subtraction, random 224 crop, reflection, PCA
-      lighting; float32 batches of `--batch`), decoded in `w` grain worker processes;
+      256 + central crop, random 224 crop, reflection, the PCA draw: uint8 batches of
+      `--batch` with each view's window and PCA shift), decoded in `w` grain worker
+      processes. The float half (per-pixel mean and PCA shift) runs on the device inside
+      the train step; (d) times it alone on this machine's CPU device (jitted
+      `input_pipeline.normalize` of one batch), for the record;
   (c) the same pipeline on the images prepared once and stored as the paper did (shorter
       side 256, central 256x256, re-encoded as JPEG quality 95): per epoch only the small
       decode and the augmentation remain. Its ratio is to (a), the decode of the originals.
@@ -37,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax import streaming  # pylint: disable=wrong-import-position
+from alexnet_jax import input_pipeline, streaming  # pylint: disable=wrong-import-position
 
 
 def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -99,8 +102,7 @@ def full_pipeline(jpegs: list[bytes], workers: int, batch: int, steps: int) -> f
   """Images/s of the loader in steady state: `steps` batches timed after 2 per worker of
   warm-up (worker start-up is not counted); epochs repeat over the files."""
   source = [{'image': data, 'label': i % 1000} for i, data in enumerate(jpegs)]
-  loader = streaming.StreamTrainLoader(source, batch, 0, streaming.Augment(),
-                                       mean=np.array([127.3, 119.7, 104.9]), workers=workers)
+  loader = streaming.StreamTrainLoader(source, batch, 0, streaming.Augment(), workers=workers)
   warm = 2 * max(workers, 1)
   batches = loader.host_batches(0, warm + steps)
   for _ in range(warm):
@@ -109,6 +111,25 @@ def full_pipeline(jpegs: list[bytes], workers: int, batch: int, steps: int) -> f
   count = sum(len(y) for _, y in batches)
   assert count == steps * batch
   return count / (time.perf_counter() - start)
+
+
+def device_normalize(batch: int, repeats: int = 20) -> float:
+  """Images/s of the device half (mean image and PCA shift) on the default device."""
+  import jax
+  rng = np.random.default_rng(0)
+  images = input_pipeline.pixel_batch(
+      rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8),
+      np.c_[rng.integers(0, 33, (batch, 2)), rng.integers(0, 2, batch)].astype(np.int32),
+      rng.normal(0, 10, (batch, 3)).astype(np.float32))
+  images = jax.device_put(images)
+  mean = jax.device_put(rng.uniform(0, 255, (256, 256, 3)).astype(np.float32))
+  fn = jax.jit(input_pipeline.normalize)
+  fn(images, mean).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = fn(images, mean)
+  out.block_until_ready()
+  return repeats * batch / (time.perf_counter() - start)
 
 
 def main():
@@ -136,6 +157,8 @@ def main():
     cores = max(w, 1)
     print(f'| {w} | {raw:.0f} | {raw / cores:.0f} | {full:.0f} | {full / cores:.0f} | '
           f'{full / raw:.2f} | {stored:.0f} | {stored / raw:.2f} |', flush=True)
+  print(f'(d) device half (mean image and PCA shift, jitted) on '
+        f'{__import__("jax").devices()[0].platform}: {device_normalize(args.batch):.0f} img/s')
 
 
 if __name__ == '__main__':

@@ -1,50 +1,59 @@
 """The training set's per-pixel mean and RGB PCA (eigenvalues, eigenvectors) for the
-paper's mean subtraction and PCA colour augmentation, written to an .npz file.
+paper's mean subtraction and PCA colour augmentation, written to an .npz file that
+`--config.data.statistics` reads.
 
-    python scripts/compute_pixel_statistics.py --dataset=imagenet2012 \
-        --data_dir=~/tensorflow_datasets --limit=50000 --out=imagenet_stats.npz
-    python scripts/compute_pixel_statistics.py --folder=/data/my_images --out=stats.npz
+    python scripts/compute_pixel_statistics.py --config=configs/alexnet.py \
+        --config.data.manual_dir=/data/imagenet --out=imagenet_stats.npz [--limit=50000]
 
-Reads the prepared tfds dataset's train split through its data source (no TensorFlow);
-images are prepared as in training (shorter side 256, central 256x256). Keys: mean
-(256x256x3, 0-255), eigval and eigvec (0-1 scale, eigenvectors in columns, as the
-reference card's constants), count, bad.
+It reads the config's training split exactly as training does (`streaming.
+training_builder`: the same tfds dataset, prepared at data.prepared_size), without
+TensorFlow. Keys: mean (prepared_size x prepared_size x channels, 0-255), and for RGB
+eigval, eigvec (0-1 scale, eigenvectors in columns, as the reference card's constants),
+count, bad. Without a file, training computes the same over data.statistics_examples
+images at start-up.
 """
 
-import argparse
 import os
 import sys
 
+from absl import app
+from absl import flags
+from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from alexnet_jax import datasets, streaming  # pylint: disable=wrong-import-position
+from alexnet_jax import streaming  # pylint: disable=wrong-import-position
+from alexnet_jax.errors import UserError  # pylint: disable=wrong-import-position
+
+config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
+flags.DEFINE_string('out', None, 'The .npz file to write.')
+flags.DEFINE_integer('limit', 0, 'A random sample of this many training images (0: all).')
+flags.mark_flags_as_required(['config', 'out'])
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--dataset', default='imagenet2012')
-  parser.add_argument('--folder', default=None, help='<folder>/<split>/<class>/<image>')
-  parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--split', default='train')
-  parser.add_argument('--prepared_size', type=int, default=256)
-  parser.add_argument('--limit', type=int, default=None, help='a random sample of records')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--out', required=True)
-  args = parser.parse_args()
-  import tensorflow_datasets as tfds
-  if args.folder:
-    builder = datasets.image_folder_builder(args.folder, args.data_dir)
-  else:
-    builder = datasets.builder_for(args.dataset, args.data_dir, None)
-  source = builder.as_data_source(args.split, decoders={'image': tfds.decode.SkipDecoding()})
-  stats = streaming.pixel_statistics(source, args.prepared_size, args.limit, args.seed)
-  np.savez(args.out, **stats)
-  print(f'{stats["count"]} images ({stats["bad"]} unreadable); mean RGB '
-        f'{stats["mean"].reshape(-1, 3).mean(axis=0).round(1).tolist()}; eigenvalues '
-        f'{stats["eigval"].round(4).tolist()}; written to {args.out}')
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  try:
+    if config.data.pipeline != 'stream' or not config.data.prepared_size:
+      raise UserError('The statistics are for data.pipeline=stream with data.prepared_size '
+                      '> 0 (images of one size).')
+    source = streaming.split_source(streaming.training_builder(config),
+                                    config.data.train_split)
+    stats = streaming.pixel_statistics(source, config.data.prepared_size,
+                                       flags.FLAGS.limit or None, config.seed,
+                                       config.data.channels)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  np.savez(flags.FLAGS.out, **stats)
+  line = (f'{stats["count"]} images ({stats["bad"]} unreadable); mean per channel '
+          f'{stats["mean"].reshape(-1, config.data.channels).mean(axis=0).round(1).tolist()}')
+  if 'eigval' in stats:
+    line += f'; eigenvalues {np.round(stats["eigval"], 4).tolist()}'
+  print(f'{line}; written to {flags.FLAGS.out}')
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

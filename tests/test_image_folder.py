@@ -115,3 +115,36 @@ def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
                               '--mode=predict', f'--images={image}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'left' in result.stdout and 'right' in result.stdout
+
+
+def test_pixel_statistics_script_feeds_the_pipeline(tmp_path):
+  """scripts/compute_pixel_statistics.py reads the config's training images as training
+  does; its mean is the float64 mean of the prepared images, and data.statistics makes the
+  pipeline subtract it (without the file, the pipeline computes the same at start-up)."""
+  import subprocess
+  import sys
+  from configs import image_folder
+  from alexnet_jax import input_pipeline
+  from tests import test_launch
+  make_small_folder(tmp_path / 'images', train=4, test=2)
+  overrides = [f'--config.data.folder={tmp_path / "images"}',
+               f'--config.data.data_dir={tmp_path / "tfds"}']
+  out = tmp_path / 'stats.npz'
+  result = subprocess.run([sys.executable, 'scripts/compute_pixel_statistics.py',
+                           '--config=configs/image_folder.py', *overrides, f'--out={out}'],
+                          cwd=test_launch.ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '8 images (0 unreadable)' in result.stdout
+  config = image_folder.get_config()
+  config.data.folder, config.data.data_dir = str(tmp_path / 'images'), str(tmp_path / 'tfds')
+  config.batch_size = 8
+  source = streaming.split_source(streaming.training_builder(config), 'train')
+  want = np.mean([streaming.decode(source[i]['image'], 36) for i in range(len(source))],
+                 axis=0, dtype=np.float64)
+  stats = np.load(out)
+  assert stats['mean'].shape == (36, 36, 3) and int(stats['count']) == 8
+  np.testing.assert_allclose(stats['mean'], want, atol=1e-3)
+  config.data.statistics = str(out)
+  np.testing.assert_array_equal(input_pipeline.load(config).mean, stats['mean'])
+  config.data.statistics = ''
+  np.testing.assert_allclose(input_pipeline.load(config).mean, stats['mean'], atol=1e-4)

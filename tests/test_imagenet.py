@@ -86,3 +86,31 @@ def test_missing_imagenet_tars_fail_in_one_sentence(tmp_path):
   message = str(e.value)
   assert 'ILSVRC2012_img_train.tar' in message and 'ILSVRC2012_img_val.tar' in message
   assert 'data.manual_dir' in message and '\n' not in message
+
+
+@pytest.mark.slow
+def test_the_papers_config_trains_and_tests_from_the_imagenet_tars(tmp_path):
+  """configs/alexnet.py as a user runs it on the manual download: tfds's imagenet2012
+  builder prepares the tars, the images are stored at 256x256 once, the pixel statistics
+  are computed, and the paper's network trains on random 224 crops with PCA lighting and
+  is tested on the centre crop and the 10 crops."""
+  import json
+  from tests import test_launch
+  mini_imagenet.make(tmp_path / 'tars')
+  common = [f'--config.data.manual_dir={tmp_path / "tars"}',
+            f'--config.data.data_dir={tmp_path / "tfds"}', '--config.batch_size=4',
+            '--config.eval_batch_size=4']
+  result = test_launch.launch('configs/alexnet.py', tmp_path / 'run', *common,
+                              '--config.num_train_steps=2', '--config.eval_every_steps=2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / 'tfds' / 'imagenet2012' / '5.1.0').is_dir()
+  assert list((tmp_path / 'tfds' / 'prepared_images').glob('imagenet2012_*_256_q95'))
+  run = json.loads((tmp_path / 'run' / 'run.json').read_text())
+  assert run['num_params'] == 60_965_224
+  records = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().split('\n')
+             if l]
+  assert [r['step'] for r in records if 'eval/top1' in r] == [2]
+  result = test_launch.launch('configs/alexnet.py', tmp_path / 'run', *common, '--mode=eval')
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.split('eval: ', 1)[1])
+  assert out['step'] == 2 and np.isfinite(out['ten_crop/loss'])

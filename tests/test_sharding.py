@@ -45,6 +45,42 @@ def test_same_losses_on_every_mesh():
     np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f'{mode} {d}x{m}')
 
 
+def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh():
+  """The loaders' batches (uint8 pixels, windows into a per-pixel mean, PCA shifts) are
+  normalised by each device for its rows: same losses as float32 batches normalised on the
+  host (transforms.normalize), on every mesh."""
+  from alexnet_jax import input_pipeline, transforms
+  rng = np.random.default_rng(0)
+  batch, size = 16, SMALL.image_size
+  pixels = rng.integers(0, 256, (3, batch, size, size, 3), dtype=np.uint8)
+  windows = np.concatenate([rng.integers(0, 5, (3, batch, 2)), rng.integers(0, 2, (3, batch, 1))],
+                           axis=-1).astype(np.int32)
+  shifts = rng.normal(0, 10, (3, batch, 3)).astype(np.float32)
+  labels = rng.integers(0, SMALL.num_classes, (3, batch)).astype(np.int32)
+  mean = rng.uniform(60, 200, (size + 4, size + 4, 3)).astype(np.float32)
+  tx = optimizer.paper_momentum(0.01)
+
+  def losses(layout, on_device):
+    state = steps.create_train_state(jax.random.key(0), spec=SMALL, tx=tx, layout=layout)
+    train_step = steps.make_train_step(SMALL, layout, tx, batch,
+                                       mean=mean if on_device else None)
+    out = []
+    for p, w, sh, y in zip(pixels, windows, shifts, labels):
+      if on_device:
+        x = input_pipeline.pixel_batch(p, w, sh)
+      else:
+        x = np.stack([transforms.normalize(*row, mean) for row in zip(p, w, sh)])
+      state, metrics = train_step(state, jax.device_put(x, layout.batch_sharding()),
+                                  jax.device_put(y, layout.label_sharding()))
+      out.append(float(metrics['loss']))
+    return np.array(out)
+
+  reference = losses(layout_for('towers', 1, 1), on_device=False)
+  for mode, d, m in [('towers', 1, 1), ('towers', 4, 2), ('data', 8, 1), ('hybrid', 4, 2)]:
+    np.testing.assert_allclose(losses(layout_for(mode, d, m), True), reference, rtol=1e-5,
+                               err_msg=f'{mode} {d}x{m}')
+
+
 def test_dropout_matters_and_is_mesh_independent():
   # With dropout off the losses differ from the run above: the masks are used.
   spec = model.AlexNetSpec(**{**distributed_worker.SPEC_KWARGS, 'dropout_rate': 0.0})
@@ -146,14 +182,20 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize('pipeline', ['memory', 'stream'])
+def test_two_processes_match_one(tmp_path, pipeline):
+  """2 processes x 4 CPU devices (gloo) train as 1 process x 8 devices, each process
+  loading (and, for the stream pipeline, decoding) only its half of every batch."""
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   procs = [subprocess.Popen([sys.executable, distributed_worker.__file__, str(port), '2', str(i),
-                             str(tmp_path / f'{i}.json')], env=env) for i in range(2)]
+                             str(tmp_path / f'{i}.json'), pipeline], env=env)
+           for i in range(2)]
   for p in procs:
     assert p.wait(timeout=300) == 0
   multi = [json.loads((tmp_path / f'{i}.json').read_text()) for i in range(2)]
-  single = distributed_worker.train_losses()
-  np.testing.assert_allclose(multi[0], single, rtol=1e-5)
-  np.testing.assert_allclose(multi[1], single, rtol=1e-5)
+  single = distributed_worker.train_losses(pipeline=pipeline)
+  for result in multi:
+    np.testing.assert_allclose(result['losses'], single['losses'], rtol=1e-5)
+  if pipeline == 'stream':  # 3 steps of 16 images: 48 reads alone, 24 in each of two
+    assert single['reads'] == 48 and [r['reads'] for r in multi] == [24, 24]
