@@ -375,6 +375,19 @@ def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
   return builder
 
 
+def process_zero_first(make):
+  """`make()` (which may build a dataset into data_dir) on process 0 first, then, after a
+  barrier, on the other processes, which then find it prepared where data_dir is shared
+  (on hosts with their own disks, each builds its own copy after the barrier)."""
+  import jax
+  if jax.process_count() == 1:
+    return make()
+  from jax.experimental import multihost_utils
+  result = make() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('alexnet_jax: dataset prepared on process 0')
+  return result if jax.process_index() == 0 else make()
+
+
 def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
                 folder: str | None = None):
   """The prepared tfds builder of a dataset name: fashion_mnist and imagenet2012 are built

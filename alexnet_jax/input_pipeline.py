@@ -75,9 +75,10 @@ class Data:
 
 def pixel_batch(pixels: np.ndarray, window: np.ndarray | None = None,
                 shift: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Images as the device receives them: uint8 `pixels` (..., S, S, C); per view, the
-  `window` (top, left, reflected) it was cut from in the prepared image (where the
-  per-pixel mean is taken from; zeros: the mean as it is) and the PCA `shift` (C,) to add."""
+  """Images as the device receives them: uint8 `pixels` (..., S, S, C) and, per view, the
+  `window` (top, left, reflect) it was cut from in the prepared image (where the per-pixel
+  mean is taken from, and whether the device reflects view and mean; zeros: the mean as it
+  is, no reflection) and the PCA `shift` (C,) to add."""
   lead, channels = pixels.shape[:-3], pixels.shape[-1]
   return {'pixels': pixels,
           'window': np.zeros((*lead, 3), np.int32) if window is None else window,
@@ -86,23 +87,23 @@ def pixel_batch(pixels: np.ndarray, window: np.ndarray | None = None,
 
 def normalize(images, mean) -> jax.Array:
   """The network's float32 input from a `pixel_batch` (on the device, inside the step):
-  pixels minus the mean under each view's window, plus its PCA shift; `transforms.normalize`
-  is the same in numpy. Float32 `images` are taken as already normalised."""
+  pixels minus the mean under each view's window, reflected where the window says so, plus
+  the view's PCA shift; `transforms.normalize` is the same in numpy. Float32 `images` are
+  taken as already normalised."""
   if not isinstance(images, dict):
     return images
   pixels = images['pixels']
   size, channels = pixels.shape[-3], pixels.shape[-1]
   x = pixels.astype(jnp.float32)
+  window = images['window']
   if mean is not None:
     mean = jnp.asarray(mean, jnp.float32)
-    if mean.ndim == 3:  # per pixel: the window of the view, reflected with it
-
-      def window(w):
-        m = jax.lax.dynamic_slice(mean, (w[0], w[1], 0), (size, size, channels))
-        return jnp.where(w[2] > 0, m[:, ::-1], m)
-
-      mean = jax.vmap(window)(images['window'].reshape(-1, 3)).reshape(pixels.shape)
+    if mean.ndim == 3:  # per pixel: the window of the view
+      crop = lambda w: jax.lax.dynamic_slice(mean, (w[0], w[1], 0), (size, size, channels))
+      mean = jax.vmap(crop)(window.reshape(-1, 3)).reshape(pixels.shape)
     x = x - mean
+  reflect = (window[..., 2] > 0)[..., None, None, None]
+  x = jnp.where(reflect, jnp.flip(x, axis=-2), x)
   return x + images['shift'][..., None, None, :]
 
 
@@ -150,7 +151,8 @@ def load_dataset(config) -> tuple[Split, Split, DataInfo]:
     train, evals = make(n_train), make(n_eval)
     names = tuple(str(i) for i in range(d.num_classes))
   else:
-    builder = datasets.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
+    builder = datasets.process_zero_first(
+        lambda: datasets.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder))
     train = Split(*datasets.load_arrays(builder, d.train_split))
     evals = Split(*datasets.load_arrays(builder, d.eval_split))
     names = tuple(datasets.class_names(builder))

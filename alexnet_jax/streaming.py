@@ -12,13 +12,15 @@ augmentation draws from (seed, step, j). So batch `step` is a pure function of (
 step), the same whatever the number of worker processes or hosts, and a loader's position
 is the step it is at: a restarted run asks for `start_step` and gets exactly the next batch.
 
-Parallel decode: with `workers` > 0, grain's `mp_prefetch` runs whole batches in worker
-processes (`grain.MapDataset.range(start, stop).map(...)`: each element is one step's rows
-for this process), in step order.
+Parallel decode (`host_batches`): `grain.MapDataset.range(start, stop).map(...)`, each
+element one step's rows for this process, in step order, computed by `threads` threads
+(Pillow releases the GIL while it decodes and resizes, so threads scale without copying
+batches between processes) in this process or, with `processes` > 0, in each of that many
+grain worker processes (`mp_prefetch`; batches then come back through shared memory).
 
-The host does only the uint8 half of each view (decode, resize, crop, reflection, the PCA
-draw: `transforms.train_crop`); the device subtracts the mean and adds the PCA shift inside
-the step (`input_pipeline.normalize`). Selected by `data.pipeline=stream` (`load`).
+The host does only the uint8 half of each view (decode, resize, crop and the random draws:
+`transforms.train_crop`); the device reflects, subtracts the mean and adds the PCA shift
+inside the step (`input_pipeline.normalize`). Selected by `data.pipeline=stream` (`load`).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class StreamTrainLoader:
   """Deterministic, resumable training batches decoded from a random-access source."""
 
   def __init__(self, source, global_batch: int, seed: int, augment: Augment = Augment(),
-               workers: int = 0, max_bad_records: int = 100):
+               threads: int = 0, processes: int = 0, max_bad_records: int = 100):
     n = len(source)
     if n < global_batch:
       raise ConfigError(f'batch_size={global_batch} is larger than the {n} training examples.')
@@ -95,19 +97,21 @@ class StreamTrainLoader:
       raise ConfigError(f'data.crop_size={augment.crop_size} is larger than '
                         f'data.prepared_size={augment.prepared_size}.')
     self.source, self.num_examples = source, n
-    self.global_batch, self.seed, self.augment, self.workers = global_batch, seed, augment, workers
+    self.global_batch, self.seed, self.augment = global_batch, seed, augment
+    self.threads, self.processes = threads, processes
     self.steps_per_epoch = n // global_batch  # the remainder is dropped
     self.max_bad_records = max_bad_records
     self.bad_records = 0  # records that failed to decode in this loader's batches so far
     self._eigval = np.asarray(augment.eigval, np.float64)
     self._eigvec = np.asarray(augment.eigvec, np.float64)
-    self._perm_epoch, self._perm = None, None
+    self._cached = (None, None)  # (epoch, permutation), replaced whole: threads read it
 
   def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch != self._perm_epoch:  # the same permutation as input_pipeline.TrainLoader's
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-      self._perm_epoch = epoch
-    return self._perm
+    cached_epoch, perm = self._cached
+    if epoch != cached_epoch:  # the same permutation as input_pipeline.TrainLoader's
+      perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      self._cached = (epoch, perm)
+    return perm
 
   def indices(self, step: int) -> np.ndarray:
     """Indices (into the source) of the global batch of `step`."""
@@ -193,10 +197,11 @@ class StreamTrainLoader:
 
   def host_batches(self, start_step: int, num_steps: int, image_rows: slice | None = None,
                    label_rows: slice | None = None) -> Iterator[tuple[dict, np.ndarray]]:
-    """host_batch(s) for s in start_step .. start_step + num_steps - 1, in order; decoded in
-    `workers` processes (grain) when workers > 0. Records that fail to decode are counted
-    here, in the main process, whichever process decoded them."""
-    if self.workers <= 0:
+    """host_batch(s) for s in start_step .. start_step + num_steps - 1, in order, whatever
+    the threads and processes that compute them (module docstring). Records that fail to
+    decode are counted here, in the calling thread, whichever thread or process decoded
+    them."""
+    if self.threads <= 0 and self.processes <= 0:
       for step in range(start_step, start_step + num_steps):
         yield self.host_batch(step, image_rows, label_rows)
       return
@@ -204,12 +209,15 @@ class StreamTrainLoader:
     from absl import flags
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags; launch.py parses them
       flags.FLAGS.mark_as_parsed()
+    threads = max(self.threads, 1)
     dataset = grain.MapDataset.range(start_step, start_step + num_steps).map(
-        _HostBatch(self, image_rows, label_rows))
-    iterator = dataset.to_iter_dataset().mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=self.workers))
+        _HostBatch(self, image_rows, label_rows)).to_iter_dataset(
+            # Batches `threads` ahead: grain's default (500 elements) would hold 500 batches.
+            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+    if self.processes > 0:
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.processes))
     for step, (images, labels, bad) in zip(range(start_step, start_step + num_steps),
-                                           iterator):
+                                           dataset):
       self._count_bad(step, bad)
       yield images, labels
 
@@ -224,7 +232,7 @@ class StreamTrainLoader:
 
 
 class _HostBatch:
-  """step -> this process's rows of batch `step` (picklable, for grain's workers)."""
+  """step -> this process's rows of batch `step` (picklable, for grain's worker processes)."""
 
   def __init__(self, loader: StreamTrainLoader, image_rows, label_rows):
     self.loader, self.image_rows, self.label_rows = loader, image_rows, label_rows
@@ -236,12 +244,12 @@ class _HostBatch:
 def eval_views(record: dict, augment: Augment, ten_crop: bool = False):
   """The test views of one record: (uint8 views, windows). The centre crop (crop_size of
   the prepared image; crop_size 0: the whole image), (S, S, C) and (3,), or the 10 crops,
-  (10, S, S, C) and (10, 3)."""
+  (10, S, S, C) and (10, 3), views 5-9 to be reflected by `input_pipeline.normalize`."""
   image = decode(record['image'], augment.prepared_size, augment.channels)
   size = augment.crop_size or image.shape[0]
   windows = transforms.ten_crop_windows(image.shape, size)
-  if ten_crop:
-    return transforms.ten_crop(image, size), windows
+  if ten_crop:  # views 5-9 are reflected on the device, as the windows say
+    return transforms.ten_crop_unreflected(image, size), windows
   return transforms.centre_crop(image, size), windows[4]
 
 
@@ -320,7 +328,7 @@ def _check(config) -> None:
   d = config.data
   if config.dataset == 'synthetic':
     raise ConfigError('dataset=synthetic is generated in memory; set data.pipeline=memory.')
-  for name in ('prepared_size', 'crop_size', 'workers', 'statistics_examples'):
+  for name in ('prepared_size', 'crop_size', 'threads', 'processes', 'statistics_examples'):
     if d[name] < 0:
       raise ConfigError(f'data.{name}={d[name]} must not be negative.')
   if d.pca_sigma < 0:
@@ -355,6 +363,10 @@ def split_source(builder, split: str):
     raise ConfigError(f'{builder.name} has no split {split!r}; it has '
                       f'{", ".join(sorted(builder.info.splits))} (data.train_split, '
                       'data.eval_split).')
+  if builder.info.file_format.value != 'array_record':
+    raise ConfigError(f'{builder.name} in {builder.data_dir} is stored as '
+                      f'{builder.info.file_format.value}, which needs TensorFlow to read; '
+                      f'rebuild it with `tfds build {builder.name} --file_format=array_record`.')
   return builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
 
 
@@ -382,10 +394,14 @@ def training_builder(config):
   data.prepare_once its images stored once at data.prepared_size (as the paper did)."""
   _check(config)
   d = config.data
-  builder = datasets.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
-  if d.prepare_once and d.prepared_size:
-    builder = datasets.prepare_resized(builder, d.data_dir, d.prepared_size)
-  return builder
+
+  def make():
+    builder = datasets.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
+    if d.prepare_once and d.prepared_size:
+      builder = datasets.prepare_resized(builder, d.data_dir, d.prepared_size)
+    return builder
+
+  return datasets.process_zero_first(make)
 
 
 def load(config) -> input_pipeline.Data:
@@ -409,7 +425,7 @@ def load(config) -> input_pipeline.Data:
                     pca_sigma=d.pca_sigma, eigval=tuple(np.asarray(eigval, float)),
                     eigvec=tuple(map(tuple, np.asarray(eigvec, float))), channels=d.channels)
   loader = StreamTrainLoader(train_source, config.batch_size, config.seed, augment,
-                             d.workers, d.max_bad_records)
+                             d.threads, d.processes, d.max_bad_records)
   names = tuple(datasets.class_names(builder))
   info = input_pipeline.DataInfo(num_classes=len(names), image_size=d.image_size,
                                  channels=d.channels, num_train=len(train_source),

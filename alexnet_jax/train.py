@@ -32,7 +32,7 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NONFINITE = ('stop', 'skip')
 SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
 NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps',
-                'profile.', 'data.workers', 'data.prefetch', 'data.max_bad_records')
+                'profile.', 'data.threads', 'data.processes', 'data.prefetch', 'data.max_bad_records')
 
 
 # ---- reading the config (the edge) -------------------------------------------

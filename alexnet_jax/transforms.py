@@ -12,9 +12,9 @@ state) and a loader that seeds its generators from (seed, step, example) is dete
 Pixel values stay on the 0-255 scale; the card's PCA constants are on the 0-1 scale and are
 multiplied by `PIXEL_SCALE` (255) when applied.
 
-The loaders run the uint8 half on the host (`train_crop`: crop, reflection, the PCA draw)
-and leave the float half (`normalize`: mean and PCA shift) to the device, inside the jitted
-step (`input_pipeline.normalize`), so the host moves bytes and the device does arithmetic.
+The loaders run the uint8 half on the host (`train_crop`: the crop and the random draws)
+and leave the rest (`normalize`: reflection, mean and PCA shift) to the device, inside the
+jitted step (`input_pipeline.normalize`): the host moves bytes, the device does arithmetic.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def resize_and_centre_crop(image, size: int = PREPARED_SIZE,
   elif image.mode not in ('L', 'RGB'):
     image = image.convert('RGB')
   w, h = image.size
+  if w == h == size:  # already prepared (stored at this size): no resampling, no crop
+    return np.asarray(image, np.uint8).reshape(size, size, -1)
   if min(w, h) == size:
     left, top = (w - size) // 2, (h - size) // 2
     array = np.asarray(image.crop((left, top, left + size, top + size)), np.uint8)
@@ -148,22 +150,21 @@ def train_crop(image: np.ndarray, rng: np.random.Generator, crop_size: int | Non
                flip: bool = True, pca_sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
                eigvec=IMAGENET_EIGVEC):
   """The host's half of one training view of a prepared image: a random crop (`crop_size`
-  None: off) and a random reflection (`flip`) of the uint8 image, and the PCA shift
-  (`pca_sigma` 0: off). The generator is used in that order: crop offset, reflection, PCA.
+  None: off) of the uint8 image, whether to reflect it (`flip`: with probability 1/2) and
+  the PCA shift (`pca_sigma` 0: off). The generator is used in that order: crop offset,
+  reflection, PCA.
 
-  Returns (view, window, shift): the uint8 view (a view of `image`, no copy), window =
-  (top, left, reflected) of the crop in the prepared image, which says where the per-pixel
-  mean must be taken from, and the float32 shift (C,) to add to every pixel. The float work
-  (mean subtraction and shift, `normalize`) is left to the device: the host only moves
-  bytes, and sends a quarter of the bytes a float32 view would need."""
+  Returns (crop, window, shift): the uint8 crop, unreflected (a view of `image`; a reflected
+  copy costs numpy 25x a plain one, 3-byte runs); window = (top, left, reflected), which says
+  where the per-pixel mean is taken from and whether view and mean are reflected; the
+  float32 shift (C,) to add to every pixel. The rest (`normalize`: reflection, mean, shift)
+  runs on the device, so the host only moves bytes, a quarter of what float32 would be."""
   top = left = 0
   view = image
   if crop_size is not None:
     top, left = random_crop_offset(image.shape, crop_size, rng)
     view = crop(view, top, left, crop_size)
   reflected = bool(flip and rng.random() < 0.5)
-  if reflected:
-    view = reflect(view)
   shift = np.zeros((image.shape[-1],), np.float32)
   if pca_sigma:
     if image.shape[-1] != 3:
@@ -174,17 +175,16 @@ def train_crop(image: np.ndarray, rng: np.random.Generator, crop_size: int | Non
 
 def normalize(view: np.ndarray, window, shift, mean=None) -> np.ndarray:
   """The float half of a view, in numpy (the device does the same, `input_pipeline.
-  normalize`): the uint8 view minus the mean under it, plus the PCA shift. A per-pixel mean
-  (H, W, C) of the prepared image is cropped at the window and reflected with the view; a
-  per-channel mean (C,) is subtracted as it is."""
+  normalize`): the uint8 crop minus the mean under it, reflected if window[2] says so, plus
+  the PCA shift. A per-pixel mean (H, W, C) of the prepared image is cropped at the window;
+  a per-channel mean (C,) is subtracted as it is."""
   out = view.astype(np.float32)
+  top, left, reflected = (int(v) for v in window)
   if mean is not None:
     mean = np.asarray(mean, np.float32)
-    if mean.ndim == 3:
-      top, left, reflected = (int(v) for v in window)
-      mean = crop(mean, top, left, view.shape[0])
-      mean = reflect(mean) if reflected else mean
-    out -= mean
+    out -= crop(mean, top, left, view.shape[0]) if mean.ndim == 3 else mean
+  if reflected:
+    out = reflect(out)
   return out + np.asarray(shift, np.float32)
 
 
@@ -214,6 +214,13 @@ def ten_crop_windows(shape, size: int) -> np.ndarray:
   """The 10 test windows as (top, left, reflected) rows, in `ten_crop`'s order."""
   five = np.array(ten_crop_offsets(shape, size), np.int32)
   return np.concatenate([np.c_[five, np.zeros(5, np.int32)], np.c_[five, np.ones(5, np.int32)]])
+
+
+def ten_crop_unreflected(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+  """`ten_crop` with views 5-9 left unreflected (copies of views 0-4), for a device that
+  reflects them (`ten_crop_windows`' third column)."""
+  crops = np.stack([crop(image, t, l, size) for t, l in ten_crop_offsets(image.shape, size)])
+  return np.concatenate([crops, crops])
 
 
 def centre_crop(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:

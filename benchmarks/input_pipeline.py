@@ -2,29 +2,32 @@
 
 Run from the repository root:
 
-    python benchmarks/input_pipeline.py                      # 256 images, workers 0,1,2
-    python benchmarks/input_pipeline.py --num_images=1024 --workers=0,2,4,8
+    python benchmarks/input_pipeline.py                  # 256 images; threads 2; processes 1,2
+    python benchmarks/input_pipeline.py --num_images=1024 --threads=2,4,8 --processes=4,8
 
 The images: `--num_images` ImageNet-sized JPEGs (about 500x375, quality 90) cut from a
 real photograph that a dependency ships (matplotlib's sample `grace_hopper.jpg`, 512x600):
 random windows rescaled to 440-520 x 330-400, so no two files are the same.
 
-What is timed, for each worker count (0: in this process, one core):
-  (a) raw decode: Pillow `Image.open(...).convert('RGB')` of every file, in `w` processes
-      (concurrent.futures), returning only the shape;
-  (b) full pipeline: `streaming.StreamTrainLoader.host_batches` (decode, shorter side to
-      256 + central crop, random 224 crop, reflection, the PCA draw: uint8 batches of
-      `--batch` with each view's window and PCA shift), decoded in `w` grain worker
-      processes. The float half (per-pixel mean and PCA shift) runs on the device inside
-      the train step; (d) times it alone on this machine's CPU device (jitted
-      `input_pipeline.normalize` of one batch), for the record;
+Rows: in this process (one core), `--threads` decode threads (`data.threads`), and
+`--processes` grain worker processes of one thread each (`data.processes`). Columns:
+  (a) raw decode: Pillow `Image.open(...).convert('RGB')` of every file, on as many cores
+      as the row uses (in process, or a process pool of that size), returning the shape;
+  (b) full pipeline from the original JPEGs (`data.prepare_once=False`):
+      `streaming.StreamTrainLoader.host_batches` (decode, shorter side to 256 + central
+      crop, random 224 crop, the reflection and PCA draws: uint8 batches of `--batch`
+      with each view's window and PCA shift);
   (c) the same pipeline on the images prepared once and stored as the paper did (shorter
-      side 256, central 256x256, re-encoded as JPEG quality 95): per epoch only the small
-      decode and the augmentation remain. Its ratio is to (a), the decode of the originals.
+      side 256, central 256x256, JPEG quality 95; `data.prepare_once=True`, the default):
+      per epoch only the small decode and the crop remain. Its ratio is to (a), the
+      decode of the originals;
+  (d) the device half (reflection, per-pixel mean, PCA shift: `input_pipeline.normalize`,
+      jitted) alone on this machine's default device, for the record: on a GPU it is part
+      of the train step.
 Raw decode: the best of `--repeats` passes over the files, after the pool has started.
-Pipelines: `--steps` batches in steady state, after 2 batches per worker of warm-up (so
-worker start-up is not counted). Images/s per core divides by max(w, 1).
-The goal of issue 4 is (b) at 80% or more of (a) per core.
+Pipelines: `--steps` batches in steady state after warm-up (start-up is not counted).
+"Per core" divides by the cores the row uses (threads or processes, at most the CPUs).
+The goal of issue 4 is the training pipeline at 80% or more of (a) per core.
 """
 
 from __future__ import annotations
@@ -98,12 +101,14 @@ def prepare(jpegs: list[bytes]) -> list[bytes]:
   return out
 
 
-def full_pipeline(jpegs: list[bytes], workers: int, batch: int, steps: int) -> float:
-  """Images/s of the loader in steady state: `steps` batches timed after 2 per worker of
-  warm-up (worker start-up is not counted); epochs repeat over the files."""
+def full_pipeline(jpegs: list[bytes], threads: int, processes: int, batch: int,
+                  steps: int) -> float:
+  """Images/s of the loader in steady state: `steps` batches timed after warm-up (worker
+  start-up is not counted); epochs repeat over the files."""
   source = [{'image': data, 'label': i % 1000} for i, data in enumerate(jpegs)]
-  loader = streaming.StreamTrainLoader(source, batch, 0, streaming.Augment(), workers=workers)
-  warm = 2 * max(workers, 1)
+  loader = streaming.StreamTrainLoader(source, batch, 0, streaming.Augment(), threads=threads,
+                                       processes=processes)
+  warm = 2 * max(threads, processes, 1)
   batches = loader.host_batches(0, warm + steps)
   for _ in range(warm):
     next(batches)
@@ -135,7 +140,8 @@ def device_normalize(batch: int, repeats: int = 20) -> float:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--num_images', type=int, default=256)
-  parser.add_argument('--workers', default='0,1,2')
+  parser.add_argument('--threads', default='2', help='comma-separated thread counts')
+  parser.add_argument('--processes', default='1,2', help='comma-separated process counts')
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--repeats', type=int, default=2, help='raw decode passes')
   parser.add_argument('--steps', type=int, default=16, help='timed pipeline batches')
@@ -144,20 +150,25 @@ def main():
   flags.FLAGS.mark_as_parsed()
   jpegs = make_jpegs(args.num_images)
   sizes = np.array([streaming.decode(d, 0).shape[:2] for d in jpegs[:32]])
+  cpus = os.cpu_count()
   print(f'{len(jpegs)} JPEGs, mean {sizes[:, 1].mean():.0f}x{sizes[:, 0].mean():.0f}, '
-        f'{np.mean([len(d) for d in jpegs]) / 1024:.0f} KiB each; {os.cpu_count()} CPUs')
+        f'{np.mean([len(d) for d in jpegs]) / 1024:.0f} KiB each; {cpus} CPUs')
   prepared = prepare(jpegs)
-  print('| workers | (a) raw decode img/s | per core | (b) full pipeline img/s | per core | '
+  rows = [('in process', 0, 0)]
+  rows += [(f'{t} threads', t, 0) for t in (int(x) for x in args.threads.split(',') if x)]
+  rows += [(f'{p} process{"es" if p > 1 else ""}', 1, p)
+           for p in (int(x) for x in args.processes.split(',') if x)]
+  print('| decoding | cores | (a) raw decode img/s | per core | (b) from originals img/s | '
         '(b)/(a) | (c) from prepared 256 img/s | (c)/(a) |')
-  print('|---:|---:|---:|---:|---:|---:|---:|---:|')
-  for w in (int(x) for x in args.workers.split(',')):
-    raw = raw_decode(jpegs, w, args.repeats)
-    full = full_pipeline(jpegs, w, args.batch, args.steps)
-    stored = full_pipeline(prepared, w, args.batch, args.steps)
-    cores = max(w, 1)
-    print(f'| {w} | {raw:.0f} | {raw / cores:.0f} | {full:.0f} | {full / cores:.0f} | '
+  print('|---|---:|---:|---:|---:|---:|---:|---:|')
+  for name, threads, processes in rows:
+    cores = min(max(threads, processes, 1), cpus)
+    raw = raw_decode(jpegs, 0 if cores == 1 else cores, args.repeats)
+    full = full_pipeline(jpegs, threads, processes, args.batch, args.steps)
+    stored = full_pipeline(prepared, threads, processes, args.batch, args.steps)
+    print(f'| {name} | {cores} | {raw:.0f} | {raw / cores:.0f} | {full:.0f} | '
           f'{full / raw:.2f} | {stored:.0f} | {stored / raw:.2f} |', flush=True)
-  print(f'(d) device half (mean image and PCA shift, jitted) on '
+  print(f'(d) device half (reflection, mean image, PCA shift; jitted) on '
         f'{__import__("jax").devices()[0].platform}: {device_normalize(args.batch):.0f} img/s')
 
 

@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 224  # the network's input: random 224 crops (section 4.1)
   config.data.channels = 3
   config.data.num_classes = 1000
-  # stream: decode every step in workers (ImageNet-style data of any image size);
+  # stream: decode every step in parallel (ImageNet-style data of any image size);
   # memory: decode once into RAM (small datasets of one image size, data.crop_pad crops).
   config.data.pipeline = 'stream'
   # Each step of the paper's pipeline can be switched off (0 / False / 'none').
@@ -42,7 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   # over statistics_examples training images (0: all) drawn with the seed.
   config.data.statistics = ''
   config.data.statistics_examples = 10_000
-  config.data.workers = 0  # decode processes (grain); 0: a thread of the training process
+  # Decoding: `threads` grain threads (Pillow decodes and resizes without the GIL) in this
+  # process, or in each of `processes` grain worker processes; 0 and 0: in the prefetch thread.
+  config.data.threads = 4
+  config.data.processes = 0
   config.data.max_bad_records = 100  # undecodable training records to skip before stopping; -1: any
   config.data.crop_pad = 0  # memory: random crops of the image zero-padded by this many pixels
   config.data.synthetic_train_examples = 1024  # dataset='synthetic' only

@@ -88,7 +88,8 @@ def make_small_folder(root, train=24, test=8):
 def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
   """The README's image-folder command: the stream pipeline (tfds builder, images stored
   at 36x36, random 32 crops, reflections, PCA lighting, per-pixel mean, decode in a grain
-  worker process), then --mode=eval (centre and 10-crop) and --mode=predict."""
+  worker process with 2 threads), then --mode=eval (centre and 10-crop) and --mode=predict;
+  then the stored images again, as any tfds dataset is read: by name from data_dir."""
   import json
   from tests import test_launch
   make_small_folder(tmp_path / 'images')
@@ -97,7 +98,7 @@ def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
             '--config.eval_batch_size=16']
   result = test_launch.launch('configs/image_folder.py', tmp_path / 'run', *common,
                               '--config.num_epochs=2', '--config.log_every_steps=3',
-                              '--config.data.workers=1')
+                              '--config.data.processes=1', '--config.data.threads=2')
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(l) for l in (tmp_path / 'run' / 'metrics.jsonl').read_text().split('\n')
              if l]
@@ -115,6 +116,13 @@ def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
                               '--mode=predict', f'--images={image}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'left' in result.stdout and 'right' in result.stdout
+  # Any tfds dataset prepared in data_dir, by name: here the 36x36 images stored above.
+  stored = [p.name for p in (tmp_path / 'tfds' / 'prepared_images').iterdir()]
+  assert len(stored) == 1
+  result = test_launch.launch('configs/image_folder.py', tmp_path / 'by_name', *common,
+                              f'--config.dataset=prepared_images/{stored[0]}',
+                              '--config.data.prepare_once=False', '--config.num_train_steps=2')
+  assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_pixel_statistics_script_feeds_the_pipeline(tmp_path):

@@ -1,5 +1,5 @@
 """The streaming loader (alexnet_jax/streaming.py): deterministic for a seed, the same with
-any number of decode workers, resumable at exactly the next batch, sharded by rows."""
+any number of decode threads or processes, resumable at exactly the next batch, sharded by rows."""
 
 import io
 
@@ -29,8 +29,8 @@ def source():
   return records
 
 
-def loader(source, seed=1, workers=0, batch=4, augment=AUGMENT):
-  return streaming.StreamTrainLoader(source, batch, seed, augment, workers)
+def loader(source, seed=1, threads=0, processes=0, batch=4, augment=AUGMENT):
+  return streaming.StreamTrainLoader(source, batch, seed, augment, threads, processes)
 
 
 def assert_same(a, b):
@@ -120,14 +120,23 @@ def test_eval_views(source):
   ten, windows = streaming.eval_views(source[1], AUGMENT, ten_crop=True)
   assert ten.shape == (10, 24, 24, 3)
   np.testing.assert_array_equal(ten[4], centre)
+  np.testing.assert_array_equal(ten[9], centre)  # reflected by the device (windows[9, 2])
   np.testing.assert_array_equal(windows[:, :2], [[0, 0], [0, 8], [8, 0], [8, 8], [4, 4]] * 2)
   np.testing.assert_array_equal(windows[:, 2], [0] * 5 + [1] * 5)
 
 
+def test_decode_threads_give_the_same_batches(source):
+  want = list(loader(source).host_batches(2, 9))  # across an epoch boundary (5 steps)
+  got = list(loader(source, threads=3).host_batches(2, 9))
+  assert len(got) == 9
+  for a, b in zip(want, got):
+    assert_same(a, b)
+
+
 @pytest.mark.slow
-def test_grain_workers_give_the_same_batches(source):
+def test_grain_worker_processes_give_the_same_batches(source):
   want = list(loader(source).host_batches(2, 6))
-  got = list(loader(source, workers=2).host_batches(2, 6))
+  got = list(loader(source, threads=2, processes=2).host_batches(2, 6))
   assert len(got) == 6
   for a, b in zip(want, got):
     assert_same(a, b)
@@ -150,7 +159,7 @@ def test_records_that_fail_to_decode_are_counted_skipped_and_stop_the_run(source
   broken = list(source)
   broken[3] = {'image': b'not a jpeg', 'label': 3, 'file_name': b'n0_broken.JPEG'}
   broken[4] = dict(broken[4], image=broken[4]['image'][:40])  # truncated JPEG
-  l = streaming.StreamTrainLoader(broken, 4, 1, AUGMENT, 0, max_bad_records=5)
+  l = streaming.StreamTrainLoader(broken, 4, 1, AUGMENT, threads=2, max_bad_records=5)
   good = loader(source)
   with caplog.at_level('WARNING'):
     batches = list(l.host_batches(0, 5))  # one epoch: records 3 and 4 each seen once
@@ -167,7 +176,7 @@ def test_records_that_fail_to_decode_are_counted_skipped_and_stop_the_run(source
       np.testing.assert_array_equal(x['pixels'][j], view)
       np.testing.assert_array_equal(x['window'][j], window)
       np.testing.assert_array_equal(x['shift'][j], shift)
-  strict = streaming.StreamTrainLoader(broken, 4, 1, AUGMENT, 0, max_bad_records=1)
+  strict = streaming.StreamTrainLoader(broken, 4, 1, AUGMENT, max_bad_records=1)
   with pytest.raises(streaming.BadDataError, match='max_bad_records=1'):
     list(strict.host_batches(0, 5))
 
@@ -232,7 +241,8 @@ def test_eval_batches_cover_the_split_once_with_padding(source):
   assert x.shape == (4, 10, 24, 24, 3)
   prepared = streaming.decode(source[2]['image'], 32)
   np.testing.assert_array_equal(x[2, 3], prepared[8:, 8:])  # bottom-right corner
-  np.testing.assert_array_equal(x[2, 8], prepared[8:, 8:][:, ::-1])  # and its reflection
+  np.testing.assert_array_equal(x[2, 8], prepared[8:, 8:])  # the device reflects it:
+  np.testing.assert_array_equal(np.asarray(ten[0][0]['window'])[2, 8], [8, 8, 1])
   broken = list(source[:3]) + [{'image': b'junk', 'label': 0}]
   with pytest.raises(streaming.BadDataError, match='Evaluation record 3'):
     list(streaming.eval_batches(broken, AUGMENT, 4, layout.batch_sharding(),
