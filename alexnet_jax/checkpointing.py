@@ -30,7 +30,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax.errors import UserError

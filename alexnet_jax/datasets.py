@@ -25,7 +25,7 @@ import struct
 
 import numpy as np
 
-from alexnet_jax.errors import ConfigError, DatasetNotFoundError
+from alexnet_jax.errors import BadDataError, ConfigError, DatasetNotFoundError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 EMBEDDED_FASHION_MNIST = REPO_ROOT / 'data' / 'fashion_mnist'
@@ -313,13 +313,16 @@ def _prepared_builder_class():
     name = 'prepared_images'
     VERSION = tfds.core.Version('1.0.0')
 
-    def __init__(self, *, source, size: int, quality: int, **kwargs):
+    def __init__(self, *, source, size: int, quality: int, max_bad_records: int = 100,
+                 **kwargs):
       self._source, self._size, self._quality = source, size, quality
+      self._max_bad, self._bad = max_bad_records, 0
       config = tfds.core.BuilderConfig(
           name=f'{source.name}_{source.builder_config.name + "_" if source.builder_config else ""}'
                f'{source.version}_{size}_q{quality}'.replace('.', '_'))
       super().__init__(config=config, **kwargs)
-      self._original_state = dict(kwargs, source=source, size=size, quality=quality)
+      self._original_state = dict(kwargs, source=source, size=size, quality=quality,
+                                  max_bad_records=max_bad_records)
 
     def _info(self):
       features = self._source.info.features
@@ -349,8 +352,20 @@ def _prepared_builder_class():
       for i in range(len(source)):
         example = source[i]
         image = example['image']
-        pil = Image.open(io.BytesIO(image)) if isinstance(image, bytes) else image
-        array = transforms.resize_and_centre_crop(pil, self._size, channels)
+        try:
+          pil = Image.open(io.BytesIO(image)) if isinstance(image, bytes) else image
+          array = transforms.resize_and_centre_crop(pil, self._size, channels)
+        except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad data
+          self._bad += 1
+          name = example.get('file_name', b'')
+          name = f' ({name.decode() if isinstance(name, bytes) else name})' if name else ''
+          logging.warning('Not storing %s record %d%s, which fails to decode (%d so far): %s',
+                          split, i, name, self._bad, e)
+          if self._bad > self._max_bad >= 0:
+            raise BadDataError(f'{self._bad} records of {self._source.name} failed to decode, '
+                               f'more than data.max_bad_records={self._max_bad}; the last: '
+                               f'{split} record {i}{name}: {e}.') from e
+          continue
         out = io.BytesIO()
         Image.fromarray(array[..., 0] if channels == 1 else array).save(
             out, 'JPEG', quality=self._quality, subsampling=0)  # 4:4:4: full-resolution colour
@@ -360,14 +375,16 @@ def _prepared_builder_class():
 
 
 def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
-                    quality: int = 95):
+                    quality: int = 95, max_bad_records: int = 100):
   """The paper's stored images ("optionally prepared once and stored"): every split of the
   prepared `source_builder` with images resized so that the shorter side is `size` and
   centre-cropped to size x size, JPEG-encoded, as a tfds array_record dataset in
-  `data_dir`, built on first use. Training then decodes small images and only crops."""
+  `data_dir`, built on first use. Training then decodes small images and only crops.
+  Records that fail to decode are left out with a warning, up to `max_bad_records` (-1: any),
+  past which the preparation stops."""
   cls = _prepared_builder_class()
   builder = cls(source=source_builder, size=size, quality=quality, data_dir=data_dir,
-                file_format='array_record')
+                file_format='array_record', max_bad_records=max_bad_records)
   if not builder.is_prepared():
     logging.info('Storing %s at %dx%d into %s', source_builder.name, size, size,
                  builder.data_dir)

@@ -11,3 +11,7 @@ class ConfigError(UserError, ValueError):
 
 class DatasetNotFoundError(UserError, FileNotFoundError):
   """A dataset's files are missing; the message says which files to put where."""
+
+
+class BadDataError(UserError):
+  """Records fail to decode: more than data.max_bad_records, or any in the eval split."""

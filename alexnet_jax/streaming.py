@@ -36,13 +36,9 @@ import numpy as np
 from alexnet_jax import datasets
 from alexnet_jax import input_pipeline
 from alexnet_jax import transforms
-from alexnet_jax.errors import ConfigError, UserError
+from alexnet_jax.errors import BadDataError, ConfigError
 
 PCA_SOURCES = ('imagenet', 'statistics')  # the card's constants, or the training set's
-
-
-class BadDataError(UserError):
-  """More records failed to decode than data.max_bad_records allows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -398,7 +394,8 @@ def training_builder(config):
   def make():
     builder = datasets.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
     if d.prepare_once and d.prepared_size:
-      builder = datasets.prepare_resized(builder, d.data_dir, d.prepared_size)
+      builder = datasets.prepare_resized(builder, d.data_dir, d.prepared_size,
+                                         max_bad_records=d.max_bad_records)
     return builder
 
   return datasets.process_zero_first(make)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alexnet_jax import datasets, streaming
+from alexnet_jax import datasets, streaming, transforms
 from alexnet_jax.errors import DatasetNotFoundError
 from tests import mini_imagenet
 
@@ -153,6 +153,27 @@ def test_pixel_statistics_script_feeds_the_pipeline(tmp_path):
   assert stats['mean'].shape == (36, 36, 3) and int(stats['count']) == 8
   np.testing.assert_allclose(stats['mean'], want, atol=1e-3)
   config.data.statistics = str(out)
-  np.testing.assert_array_equal(input_pipeline.load(config).mean, stats['mean'])
+  data = input_pipeline.load(config)
+  np.testing.assert_array_equal(data.mean, stats['mean'])
+  np.testing.assert_array_equal(data.loader.augment.eigval, transforms.IMAGENET_EIGVAL)
+  config.data.pca = 'statistics'  # the training set's PCA instead of the card's
+  data = input_pipeline.load(config)
+  np.testing.assert_allclose(data.loader.augment.eigval, stats['eigval'])
+  np.testing.assert_allclose(data.loader.augment.eigvec, stats['eigvec'])
+  config.data.pca = 'imagenet'
   config.data.statistics = ''
   np.testing.assert_allclose(input_pipeline.load(config).mean, stats['mean'], atol=1e-4)
+
+
+def test_storing_once_leaves_out_undecodable_files_up_to_the_limit(tmp_path, caplog):
+  from alexnet_jax.errors import BadDataError
+  make_folder(tmp_path / 'images')
+  (tmp_path / 'images' / 'train' / 'dog' / '1.jpg').write_bytes(b'not a jpeg')
+  source = datasets.image_folder_builder(str(tmp_path / 'images'), str(tmp_path / 'tfds'))
+  with pytest.raises(BadDataError, match='max_bad_records=0.*dog/1.jpg'):
+    datasets.prepare_resized(source, str(tmp_path / 'strict'), size=24, max_bad_records=0)
+  with caplog.at_level('WARNING'):
+    prepared = datasets.prepare_resized(source, str(tmp_path / 'tfds'), size=24,
+                                        max_bad_records=1)
+  assert prepared.info.splits['train'].num_examples == 5  # 6 files, one left out
+  assert any('dog/1.jpg' in r.message for r in caplog.records)
