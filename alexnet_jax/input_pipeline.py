@@ -3,25 +3,24 @@
 Two pipelines, chosen by `data.pipeline` (`load`):
   memory: small fixed-size datasets (Fashion-MNIST, CIFAR) decoded once into host memory
           (`TrainLoader`: random crops of the zero-padded image and reflections);
-  stream: ImageNet-style datasets of encoded images, decoded every step in parallel workers
+  stream: ImageNet-style datasets of encoded images, decoded every step in parallel
           (`streaming.StreamTrainLoader`: the paper's 256x256 images, random 224 crops,
           reflections, PCA lighting, 10-crop test).
 
 Both hand the device the same batch: uint8 pixels plus, per view, the window it was cut from
-in the prepared image and its PCA shift (`pixel_batch`). The float work (mean subtraction and
-the shift) runs on the device inside the jitted step (`normalize`): the host moves a quarter
-of the bytes of float32 and does no arithmetic on pixels.
+in the prepared image and its PCA shift (`pixel_batch`). The float work (reflection for the
+stream pipeline, mean subtraction, the shift) runs on the device inside the jitted step
+(`normalize`): the host moves a quarter of the bytes of float32 and does no arithmetic on
+pixels.
 
-For the memory pipeline: the
-training order is a pure function of (seed, step): epoch e is the permutation
-drawn from (seed, e), so a loader's position is just the step it is at and a
-restarted run continues with exactly the next batch. Augmentation draws its
-randomness from (seed, step, example) and so does not depend on the number of
-processes either.
+In both, the training order is a pure function of (seed, step): epoch e is the permutation
+drawn from (seed, e), so a loader's position is just the step it is at and a restarted run
+continues with exactly the next batch. Augmentation draws its randomness from (seed, step,
+example) and so does not depend on the number of processes or decode threads either.
 
-Each process produces only its own rows of every global batch
-(`process_rows`) and `jax.make_array_from_process_local_data` assembles the
-global array with the layout's batch sharding.
+Each process produces only its own rows of every global batch (`process_rows`) and
+`jax.make_array_from_process_local_data` assembles the global array with the layout's batch
+sharding.
 """
 
 from __future__ import annotations

@@ -155,6 +155,35 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
   assert [r['eval/loss'] for r in records(workdir, 'eval/loss')] == ref_evals
 
 
+@pytest.mark.slow
+def test_stream_pipeline_sigkill_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
+                                                                             tmp_path):
+  """The same for the stream pipeline (an image folder decoded by 2 threads, random crops,
+  reflections, PCA lighting, the mean image computed at start-up): the loader restarts at
+  the checkpoint's step and yields exactly the batches the uninterrupted run saw next."""
+  from tests.test_image_folder import make_small_folder
+  make_small_folder(tmp_path / 'images', train=16, test=4)
+  overrides = [f'--config.data.folder={tmp_path / "images"}',
+               f'--config.data.data_dir={tmp_path / "tfds"}', '--config.batch_size=8',
+               '--config.eval_batch_size=8', '--config.num_train_steps=6',
+               '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3',
+               '--config.log_every_steps=1', '--config.data.threads=2']
+  config = 'configs/image_folder.py'
+  reference = tmp_path / 'reference'
+  result = launch(xla_cache, reference, *overrides, config=config)
+  assert result.returncode == 0, result.stderr[-3000:]
+  workdir = tmp_path / 'killed'
+  result = launch(xla_cache, workdir, *overrides, config=config, faults='kill_after_step=3')
+  assert result.returncode == -9, result.stderr[-3000:]
+  result = launch(xla_cache, workdir, *overrides, config=config)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from {workdir}/checkpoints/2.' in result.stderr
+  assert_bitwise_equal(load_state(workdir, 6), load_state(reference, 6))
+  assert [r['step'] for r in records(workdir, 'train/loss')] == list(range(1, 7))
+  ref_losses = [r['train/loss'] for r in records(reference, 'train/loss')]
+  assert [r['train/loss'] for r in records(workdir, 'train/loss')] == ref_losses
+
+
 # ---- a run on towers data=1 x model=2 that the next tests restore, damage and misuse ----------
 
 TRAINED = [*BASE, *TOWERS_1x2, '--config.checkpoint_every_steps=4',
