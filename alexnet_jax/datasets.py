@@ -298,6 +298,13 @@ def image_folder_builder(root: str, data_dir: str | None):
   return builder
 
 
+def record_name(record) -> str:
+  """' (<file name>)' of a record that has one (image folders), else ''."""
+  name = record.get('file_name', b'') if isinstance(record, dict) else b''
+  name = name.decode() if isinstance(name, bytes) else str(name)
+  return f' ({name})' if name else ''
+
+
 def _prepared_builder_class():
   """A tfds builder that stores another prepared dataset's images as the paper did: shorter
   side to `size`, central size x size crop (`transforms.resize_and_centre_crop`), JPEG."""
@@ -355,10 +362,9 @@ def _prepared_builder_class():
         try:
           pil = Image.open(io.BytesIO(image)) if isinstance(image, bytes) else image
           array = transforms.resize_and_centre_crop(pil, self._size, channels)
-        except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad data
+        except transforms.DECODE_ERRORS as e:
           self._bad += 1
-          name = example.get('file_name', b'')
-          name = f' ({name.decode() if isinstance(name, bytes) else name})' if name else ''
+          name = record_name(example)
           logging.warning('Not storing %s record %d%s, which fails to decode (%d so far): %s',
                           split, i, name, self._bad, e)
           if self._bad > self._max_bad >= 0:

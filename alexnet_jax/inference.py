@@ -16,6 +16,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import sharding
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import train
+from alexnet_jax import transforms
 from alexnet_jax.errors import ConfigError
 
 
@@ -58,7 +59,7 @@ def load_image(path: str):
   try:
     image = Image.open(path)
     image.load()
-  except (OSError, ValueError) as e:
+  except transforms.DECODE_ERRORS as e:
     raise ConfigError(f'--images: cannot read {path} as an image ({e}).') from e
   return image
 

@@ -219,29 +219,61 @@ def process_rows(sharding, global_batch: int) -> slice:
   return slice(start, stop)
 
 
-class TrainLoader:
-  """Deterministic, resumable training batches: batch `step` depends only on (seed, step)."""
+class EpochOrder:
+  """Which examples batch `step` holds, for both loaders: epoch `step // steps_per_epoch`'s
+  permutation drawn from (seed, epoch), so batch `step` is a pure function of (seed, step)
+  and a loader's position is the step it is at. Subclasses give `host_batch` (or
+  `host_batches`); `batches` places them on the mesh."""
 
-  def __init__(self, split: Split, global_batch: int, seed: int, pad: int = 0,
-               flip: bool = False):
-    if len(split.labels) < global_batch:
+  def __init__(self, num_examples: int, global_batch: int, seed: int):
+    if num_examples < global_batch:
       raise ConfigError(f'batch_size={global_batch} is larger than the '
-                       f'{len(split.labels)} training examples.')
-    self.split = split
-    self.global_batch, self.seed, self.pad, self.flip = global_batch, seed, pad, flip
-    self.steps_per_epoch = len(split.labels) // global_batch  # the remainder is dropped
-    self._perm_epoch, self._perm = None, None
+                       f'{num_examples} training examples.')
+    self.num_examples, self.global_batch, self.seed = num_examples, global_batch, seed
+    self.steps_per_epoch = num_examples // global_batch  # the remainder is dropped
+    self._cached = (None, None)  # (epoch, permutation), replaced whole: threads read it
 
   def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch != self._perm_epoch:
-      self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.split.labels))
-      self._perm_epoch = epoch
-    return self._perm
+    cached_epoch, perm = self._cached
+    if epoch != cached_epoch:
+      perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      self._cached = (epoch, perm)
+    return perm
 
   def indices(self, step: int) -> np.ndarray:
     """Indices (into the split) of the global batch of `step`."""
     epoch, i = divmod(step, self.steps_per_epoch)
     return self._permutation(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
+
+  def host_batch(self, step: int, image_rows: slice | None = None,
+                 label_rows: slice | None = None) -> tuple[dict, np.ndarray]:
+    raise NotImplementedError
+
+  def host_batches(self, start_step: int, num_steps: int, image_rows: slice | None = None,
+                   label_rows: slice | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """host_batch(s) for s in start_step .. start_step + num_steps - 1, in order."""
+    for step in range(start_step, start_step + num_steps):
+      yield self.host_batch(step, image_rows, label_rows)
+
+  def batches(self, start_step: int, num_steps: int, image_sharding, label_sharding,
+              prefetch: int = 2) -> Iterator[tuple[dict, jax.Array]]:
+    """Global batches start_step .. start_step + num_steps - 1 placed with the shardings
+    (each process makes only its rows), `prefetch` ahead in a background thread."""
+    rows = (process_rows(image_sharding, self.global_batch),
+            process_rows(label_sharding, self.global_batch))
+    placed = ((to_global(images, image_sharding, self.global_batch),
+               to_global(labels, label_sharding, self.global_batch))
+              for images, labels in self.host_batches(start_step, num_steps, *rows))
+    yield from _prefetch(placed, prefetch)
+
+
+class TrainLoader(EpochOrder):
+  """Deterministic, resumable training batches of a split in memory."""
+
+  def __init__(self, split: Split, global_batch: int, seed: int, pad: int = 0,
+               flip: bool = False):
+    super().__init__(len(split.labels), global_batch, seed)
+    self.split, self.pad, self.flip = split, pad, flip
 
   def host_batch(self, step: int, image_rows: slice | None = None,
                  label_rows: slice | None = None) -> tuple[dict, np.ndarray]:
@@ -256,23 +288,6 @@ class TrainLoader:
               for j in range(image_rows.start, image_rows.stop)]
       images = augment(images, rngs, self.pad, self.flip)
     return pixel_batch(images), self.split.labels[idx[label_rows]]
-
-  def batches(self, start_step: int, num_steps: int, image_sharding, label_sharding,
-              prefetch: int = 2) -> Iterator[tuple[dict, jax.Array]]:
-    """Batches start_step .. start_step + num_steps - 1, prepared in a background thread."""
-    rows = (process_rows(image_sharding, self.global_batch),
-            process_rows(label_sharding, self.global_batch))
-    host = (self.host_batch(s, *rows) for s in range(start_step, start_step + num_steps))
-    yield from place(host, image_sharding, label_sharding, self.global_batch, prefetch)
-
-
-def place(host_batches, image_sharding, label_sharding, global_batch: int, prefetch: int):
-  """(images, labels) host batches of this process's rows as global arrays on the mesh,
-  `prefetch` ahead in a thread."""
-  placed = ((to_global(images, image_sharding, global_batch),
-             to_global(labels, label_sharding, global_batch))
-            for images, labels in host_batches)
-  yield from _prefetch(placed, prefetch)
 
 
 def eval_batches(split: Split, global_batch: int, image_sharding, label_sharding,

@@ -4,9 +4,9 @@ Images are read one by one from a random-access source (a tfds data source, e.g.
 `builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})`, or any
 sequence of {'image': encoded bytes or uint8 array, 'label': int}), decoded with Pillow,
 prepared as in the paper (`transforms.resize_and_centre_crop`: shorter side 256, central
-256x256) and augmented (`transforms.train_view`). Nothing here needs TensorFlow.
+256x256) and augmented (`transforms.train_crop`). Nothing here needs TensorFlow.
 
-The contract is that of `input_pipeline.TrainLoader`: the examples of batch `step` are
+The contract is that of `input_pipeline.EpochOrder`: the examples of batch `step` are
 epoch `step // steps_per_epoch`'s permutation drawn from (seed, epoch), and example j's
 augmentation draws from (seed, step, j). So batch `step` is a pure function of (seed,
 step), the same whatever the number of worker processes or hosts, and a loader's position
@@ -79,40 +79,23 @@ def _get(source, indices: Sequence[int]) -> list[dict]:
   return [source[int(i)] for i in indices]
 
 
-class StreamTrainLoader:
+class StreamTrainLoader(input_pipeline.EpochOrder):
   """Deterministic, resumable training batches decoded from a random-access source."""
 
   def __init__(self, source, global_batch: int, seed: int, augment: Augment = Augment(),
                threads: int = 0, processes: int = 0, max_bad_records: int = 100):
-    n = len(source)
-    if n < global_batch:
-      raise ConfigError(f'batch_size={global_batch} is larger than the {n} training examples.')
+    super().__init__(len(source), global_batch, seed)
     if augment.pca_sigma and augment.channels != 3:
       raise ConfigError('data.pca_sigma needs RGB images; set it to 0 for grey images.')
     if augment.prepared_size and augment.crop_size > augment.prepared_size:
       raise ConfigError(f'data.crop_size={augment.crop_size} is larger than '
                         f'data.prepared_size={augment.prepared_size}.')
-    self.source, self.num_examples = source, n
-    self.global_batch, self.seed, self.augment = global_batch, seed, augment
+    self.source, self.augment = source, augment
     self.threads, self.processes = threads, processes
-    self.steps_per_epoch = n // global_batch  # the remainder is dropped
     self.max_bad_records = max_bad_records
     self.bad_records = 0  # records that failed to decode in this loader's batches so far
     self._eigval = np.asarray(augment.eigval, np.float64)
     self._eigvec = np.asarray(augment.eigvec, np.float64)
-    self._cached = (None, None)  # (epoch, permutation), replaced whole: threads read it
-
-  def _permutation(self, epoch: int) -> np.ndarray:
-    cached_epoch, perm = self._cached
-    if epoch != cached_epoch:  # the same permutation as input_pipeline.TrainLoader's
-      perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-      self._cached = (epoch, perm)
-    return perm
-
-  def indices(self, step: int) -> np.ndarray:
-    """Indices (into the source) of the global batch of `step`."""
-    epoch, i = divmod(step, self.steps_per_epoch)
-    return self._permutation(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
 
   def view(self, record: dict, step: int, j: int):
     """Example j of batch `step`: (uint8 view, window, PCA shift) of `transforms.train_crop`
@@ -135,10 +118,8 @@ class StreamTrainLoader:
     for _ in range(self.num_examples):
       try:
         image = decode(record['image'], self.augment.prepared_size, self.augment.channels)
-      except (OSError, ValueError, SyntaxError) as e:  # what Pillow raises on bad data
-        name = record.get('file_name', b'') if isinstance(record, dict) else b''
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        bad[int(index)] = f'record {index}{f" ({name})" if name else ""}: {e}'
+      except transforms.DECODE_ERRORS as e:
+        bad[int(index)] = f'record {index}{datasets.record_name(record)}: {e}'
         index = (index + 1) % self.num_examples
         record = self.source[int(index)]
         continue
@@ -198,8 +179,7 @@ class StreamTrainLoader:
     decode are counted here, in the calling thread, whichever thread or process decoded
     them."""
     if self.threads <= 0 and self.processes <= 0:
-      for step in range(start_step, start_step + num_steps):
-        yield self.host_batch(step, image_rows, label_rows)
+      yield from super().host_batches(start_step, num_steps, image_rows, label_rows)
       return
     import grain
     from absl import flags
@@ -216,16 +196,6 @@ class StreamTrainLoader:
                                            dataset):
       self._count_bad(step, bad)
       yield images, labels
-
-  def batches(self, start_step: int, num_steps: int, image_sharding, label_sharding,
-              prefetch: int = 2):
-    """Global batches start_step .. start_step + num_steps - 1 placed with the shardings
-    (each process decodes only its rows), `prefetch` ahead in a thread."""
-    rows = (input_pipeline.process_rows(image_sharding, self.global_batch),
-            input_pipeline.process_rows(label_sharding, self.global_batch))
-    yield from input_pipeline.place(self.host_batches(start_step, num_steps, *rows),
-                                    image_sharding, label_sharding, self.global_batch, prefetch)
-
 
 class _HostBatch:
   """step -> this process's rows of batch `step` (picklable, for grain's worker processes)."""
@@ -264,7 +234,7 @@ def pixel_statistics(source, prepared_size: int = transforms.PREPARED_SIZE,
   for i in order:
     try:
       image = decode(source[int(i)]['image'], prepared_size, channels).astype(np.float64)
-    except (OSError, ValueError, SyntaxError) as e:
+    except transforms.DECODE_ERRORS as e:
       bad += 1
       logging.warning('pixel_statistics: skipped record %d (%s).', i, e)
       continue
@@ -301,16 +271,19 @@ def eval_batches(source, augment: Augment, global_batch: int, image_sharding, la
   for start in range(0, n, global_batch):
     idx = np.minimum(np.arange(start, start + global_batch), n - 1)
     weights = (np.arange(start, start + global_batch) < n).astype(np.float32)
+    records = _get(source, idx[rows])
     views, windows = [], []
-    for i, record in zip(idx[rows], _get(source, idx[rows])):
+    for i, record in zip(idx[rows], records):
       try:
         view, window = eval_views(record, augment, ten_crop)
-      except (OSError, ValueError, SyntaxError) as e:
+      except transforms.DECODE_ERRORS as e:
         raise BadDataError(f'Evaluation record {i} failed to decode ({e}); the evaluation '
                            'split must be readable in full.') from e
       views.append(view)
       windows.append(window)
-    labels = np.array([r['label'] for r in _get(source, idx[label_rows])], np.int32)
+    if label_rows != rows:  # a layout whose labels sit on other rows than its images
+      records = _get(source, idx[label_rows])
+    labels = np.array([r['label'] for r in records], np.int32)
     images = input_pipeline.pixel_batch(np.stack(views), np.stack(windows))
     yield (input_pipeline.to_global(images, image_sharding, global_batch),
            input_pipeline.to_global(labels, label_sharding, global_batch),

@@ -28,6 +28,8 @@ IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                             [-0.5808, -0.0045, -0.8140],
                             [-0.5836, -0.6948, 0.4203]], np.float64)
 PIXEL_SCALE = 255.0
+# What Pillow raises on data it cannot decode (broken, truncated, not an image).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError)
 PREPARED_SIZE = 256  # the paper's stored images: shorter side 256, central 256x256
 CROP_SIZE = 224  # the network's input
 
@@ -230,5 +232,6 @@ def centre_crop(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
 def ten_crop(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
   """The paper's 10 test views of one image (section 4.1), (10, size, size, C): views 0-4 the
   windows of `ten_crop_offsets`, views 5-9 the same windows reflected."""
-  crops = np.stack([crop(image, t, l, size) for t, l in ten_crop_offsets(image.shape, size)])
-  return np.concatenate([crops, crops[:, :, ::-1]])
+  crops = ten_crop_unreflected(image, size)
+  crops[5:] = crops[:5, :, ::-1]
+  return crops
