@@ -6,6 +6,7 @@
 A problem with the flags, config or workdir prints one line, 'error: <sentence>', and exits 1.
 """
 
+import functools
 import json
 import logging as py_logging
 import re
@@ -71,20 +72,24 @@ def initialize_distributed(config) -> None:
       pass
 
 
-def main(argv):
+def main(argv, make_hooks=None):
+  """`make_hooks()`: the training loop's `train.Hooks` (tests pass fault injectors)."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   workdir = FLAGS.workdir
+  from alexnet_jax import xla_cpu
+  xla_cpu.configure()  # before JAX creates its CPU client
   initialize_distributed(config)
 
-  from alexnet_jax import inference, train  # imports JAX after the distributed setup
+  # JAX and the package are imported after the distributed setup.
+  from alexnet_jax import evaluation, inference
   from alexnet_jax.errors import UserError
 
   step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
   try:
     if FLAGS.mode == 'eval':
-      result = train.evaluate_checkpoint(config, workdir, step)
+      result = evaluation.evaluate_checkpoint(config, workdir, step)
       print('eval: ' + json.dumps(result), flush=True)
       return
     if FLAGS.mode == 'figures':
@@ -95,7 +100,8 @@ def main(argv):
       for result in inference.predict(config, workdir, FLAGS.images, step):
         print('predict: ' + json.dumps(result), flush=True)
       return
-    result = train.train_and_evaluate(config, workdir)
+    from alexnet_jax import train
+    result = train.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
   except (UserError, FloatingPointError) as e:
     _fail(str(e))
   logging.info('Final evaluation: %s', result)
@@ -111,6 +117,10 @@ class _QuietLibraries(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or not any(n in record.pathname for n in noisy)
 
 
-if __name__ == '__main__':
+def run(make_hooks=None):
   py_logging.getLogger('absl').addFilter(_QuietLibraries())
-  app.run(main, flags_parser=parse_flags)
+  app.run(functools.partial(main, make_hooks=make_hooks), flags_parser=parse_flags)
+
+
+if __name__ == '__main__':
+  run()

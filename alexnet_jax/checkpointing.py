@@ -1,12 +1,17 @@
 """orbax-checkpoint: asynchronous saves, exact resume, restore onto any mesh, damaged steps.
 
-`checkpoints/<step>/` holds two items:
+`checkpoints/<step>/` holds three items:
 
 * `state`: the `TrainState` (parameters, optimizer state with the momentum buffers and the
   injected learning rate, step, dropout key), written by orbax in a background thread while
   training continues;
 * `meta`: JSON with the step, the loader position (the step: batch s is a pure function of
-  (seed, s)), the plateau schedule, the resolved config and a fingerprint of `state`.
+  (seed, s)), the plateau schedule, the resolved config, the class names and a fingerprint of
+  each part of `state`;
+* `inputs`: what inference needs to prepare an image as training did: the mean the device
+  subtracts. With the class names in `meta`, `--mode=predict` and `--mode=figures` restore
+  the parameters alone (`restore_params`) without reading the dataset or building an
+  optimizer.
 
 Restoring builds abstract arrays with the *current* mesh's shardings, so a checkpoint written
 under one mesh and parallelism restores under another.
@@ -22,6 +27,7 @@ is in flight, so the newest complete checkpoint is never removed before a newer 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -30,12 +36,15 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from alexnet_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
 CORRUPT_DIR = 'corrupt_checkpoints'
+ITEMS = ('state', 'meta', 'inputs')
+INPUTS = ('mean',)  # the host arrays of the `inputs` item
 
 
 class CorruptCheckpointError(Exception):
@@ -65,14 +74,37 @@ def _fingerprints(leaves):
   return out
 
 
-def fingerprint(state) -> list[int]:
+def fingerprint(tree) -> list[int]:
   """One uint32 per array: sum_i bits_i * (2 i + 1) mod 2**32.
 
   Integer sums do not depend on the reduction order, so the fingerprint is the same on every
   mesh; any single changed element changes it (the multiplier is odd), so flipped or zeroed
-  bytes that tensorstore decodes without complaint are still caught.
+  bytes that tensorstore decodes without complaint are still caught. Arrays on devices are
+  summed where they live (jitted); numpy arrays (parameters restored to the host for
+  inference) in numpy, with the same uint32 wrap-around arithmetic.
   """
-  return [int(v) for v in jax.device_get(_fingerprints(jax.tree.leaves(state)))]
+  leaves = jax.tree.leaves(tree)
+  if leaves and all(isinstance(x, np.ndarray) for x in leaves):
+    return [_host_fingerprint(x) for x in leaves]
+  return [int(v) for v in jax.device_get(_fingerprints(leaves))]
+
+
+def _host_fingerprint(x: np.ndarray) -> int:
+  bits = np.ascontiguousarray(x).reshape(-1).view(f'uint{8 * x.dtype.itemsize}')
+  odd = 2 * np.arange(bits.size, dtype=np.uint32) + np.uint32(1)
+  return int(np.sum(bits.astype(np.uint32) * odd, dtype=np.uint32))
+
+
+def state_fingerprint(state) -> dict[str, list[int]]:
+  """`fingerprint` of each field of a TrainState (one pass over all its arrays), so that a
+  part of it (the parameters, for inference) can be checked on its own."""
+  names = [f.name for f in dataclasses.fields(state)]
+  values = fingerprint(state)
+  out, start = {}, 0
+  for name in names:
+    n = len(jax.tree.leaves(getattr(state, name)))
+    out[name], start = values[start:start + n], start + n
+  return out
 
 
 # ---- the workdir's checkpoints ---------------------------------------------------
@@ -98,7 +130,7 @@ class Checkpoints:
     self.mngr = None
     if not read_only or os.path.isdir(self.directory):
       self.mngr = ocp.CheckpointManager(self.directory, options=options,
-                                        item_names=('state', 'meta'))
+                                        item_names=ITEMS)
 
   def steps(self) -> list[int]:
     return sorted(self.mngr.all_steps()) if self.mngr else []
@@ -107,13 +139,17 @@ class Checkpoints:
     return os.path.join(self.directory, str(step))
 
   # ---- writing -----------------------------------------------------------------
-  def save(self, step: int, state, meta: dict) -> None:
-    """Starts an asynchronous save of `step`; returns once the arrays are copied off device."""
+  def save(self, step: int, state, meta: dict, inputs: dict) -> None:
+    """Starts an asynchronous save of `step` (`inputs`: host arrays for inference); returns
+    once the arrays are copied off device."""
     self.mngr.wait_until_finished()  # the previous save is complete: pruning is safe now
     self._prune()
-    meta = dict(meta, fingerprint=fingerprint(state))
+    assert set(inputs) == set(INPUTS), inputs
+    meta = dict(meta, fingerprint=state_fingerprint(state))
     self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)), force=True)
+                                                 meta=ocp.args.JsonSave(meta),
+                                                 inputs=ocp.args.StandardSave(inputs)),
+                   force=True)
     if self._after_save is not None:
       self._after_save(step)
 
@@ -152,10 +188,10 @@ class Checkpoints:
   def read_meta(self, step: int) -> dict:
     return self.mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
-  def restore_step(self, step: int, abstract_state, check_meta: Callable[[dict, str], None]):
-    """Restores `step` into `abstract_state`'s shapes and shardings, or raises
-    CorruptCheckpointError. `check_meta(meta, path)` may raise a UserError (a config that
-    does not fit the checkpoint), which is not a damaged checkpoint and propagates."""
+  def _restore_step(self, step: int, check_meta: Callable[[dict, str], None], args: dict):
+    """meta and the items of `args` of `step`, or CorruptCheckpointError. `check_meta(meta,
+    path)` may raise a UserError (a config that does not fit the checkpoint), which is not a
+    damaged checkpoint and propagates."""
     path = self.path(step)
     try:
       meta = self.read_meta(step)
@@ -165,19 +201,45 @@ class Checkpoints:
       raise CorruptCheckpointError(f'{path}: its meta item is unreadable ({e})') from e
     check_meta(meta, path)
     try:
-      state = self.mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))['state']
+      items = self.mngr.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # pylint: disable=broad-except
       raise CorruptCheckpointError(f'{path}: its arrays are unreadable '
                                    f'({str(e).splitlines()[0][:200]})') from e
-    if fingerprint(state) != meta.get('fingerprint'):
-      raise CorruptCheckpointError(f'{path}: its arrays do not match the fingerprint written '
-                                   'with them')
+    return meta, items
+
+  def restore_step(self, step: int, abstract_state, check_meta: Callable[[dict, str], None]):
+    """Restores `step` into `abstract_state`'s shapes and shardings: (state, meta), or raises
+    CorruptCheckpointError."""
+    meta, items = self._restore_step(step, check_meta,
+                                     {'state': ocp.args.StandardRestore(abstract_state)})
+    state = items['state']
+    if state_fingerprint(state) != meta.get('fingerprint'):
+      raise CorruptCheckpointError(f'{self.path(step)}: its arrays do not match the '
+                                   'fingerprint written with them')
     return state, meta
 
+  def restore_params_step(self, step: int, abstract_params, check_meta):
+    """Only the parameters of `step` as numpy arrays (and its `inputs`), for inference:
+    (params, meta, inputs), or raises CorruptCheckpointError. `abstract_params` gives their
+    structure, shapes and dtypes."""
+    as_numpy = {name: ocp.RestoreArgs(restore_type=np.ndarray) for name in INPUTS}
+    meta, items = self._restore_step(step, check_meta, {
+        'state': ocp.args.PyTreeRestore(
+            item={'params': abstract_params}, partial_restore=True,
+            restore_args={'params': jax.tree.map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract_params)}),
+        'inputs': ocp.args.PyTreeRestore(restore_args=as_numpy)})
+    params = items['state']['params']
+    if fingerprint(params) != (meta.get('fingerprint') or {}).get('params'):
+      raise CorruptCheckpointError(f'{self.path(step)}: its parameters do not match the '
+                                   'fingerprint written with them')
+    return params, meta, items['inputs']
+
   def restore(self, abstract_state, check_meta: Callable[[dict, str], None],
-              step: int | None = None):
-    """The newest restorable step (or `step`): (state, meta, damaged steps skipped).
+              step: int | None = None, params_only: bool = False):
+    """The newest restorable step (or `step`): (state, meta, damaged steps skipped); with
+    `params_only`, `abstract_state` is the parameters' and the first element is (params,
+    inputs).
 
     Returns (None, None, damaged) when no step restores.
     """
@@ -190,6 +252,9 @@ class Checkpoints:
     damaged = []
     for s in reversed(steps):
       try:
+        if params_only:
+          params, meta, inputs = self.restore_params_step(s, abstract_state, check_meta)
+          return (params, inputs), meta, damaged
         state, meta = self.restore_step(s, abstract_state, check_meta)
         return state, meta, damaged
       except CorruptCheckpointError as e:

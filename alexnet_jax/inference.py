@@ -1,4 +1,9 @@
-"""Commands that use a trained checkpoint without training: figures and predictions."""
+"""Commands on a trained checkpoint: predictions for image files, and figures.
+
+They restore the parameters alone, with the mean image and the class names the checkpoint
+carries (`checkpointing`): no dataset is read, no optimizer built, and one device is used
+whatever mesh wrote the checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -11,41 +16,41 @@ import numpy as np
 
 from alexnet_jax import checkpointing
 from alexnet_jax import figures
-from alexnet_jax import input_pipeline
 from alexnet_jax import model as model_lib
+from alexnet_jax import pixels
+from alexnet_jax import run_setup
 from alexnet_jax import sharding
-from alexnet_jax import steps as steps_lib
-from alexnet_jax import train
-from alexnet_jax import transforms
+from alexnet_jax.data import transforms
 from alexnet_jax.errors import ConfigError
 
 
 def restore_params(config, workdir: str, step: int | None = None):
-  """The parameters of the latest (or `step`'s) checkpoint on the host, without reading the
-  dataset: (params as numpy, meta). For commands that only look at the weights, on one
-  process: the checkpoint is restored onto this process's first device, whatever mesh the
-  config (or the run that wrote it) names."""
+  """The parameters of the latest (or `step`'s) checkpoint as numpy arrays: (params, meta,
+  inputs), where `inputs['mean']` is the mean training subtracted."""
   layout = sharding.Layout(sharding.make_mesh(1, 1, jax.local_devices()[:1]), 'towers')
-  train.check_config(config, layout)
-  spec = train.model_spec(config)
+  run_setup.validate(config, layout)
+  spec = run_setup.model_spec(config)
+  abstract = jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, np.float32),
+                          spec.param_shapes(), is_leaf=lambda x: isinstance(x, tuple))
   ckpts = checkpointing.Checkpoints(workdir, read_only=True)
   try:
-    state, meta = None, None
+    restored, meta = None, None
     if ckpts.steps() or step is not None:
-      abstract = steps_lib.abstract_train_state(spec, train.make_optimizer(config, 1), layout)
-      state, meta, _ = ckpts.restore(
-          abstract, functools.partial(train.check_checkpoint_config, config, spec), step)
+      restored, meta, _ = ckpts.restore(
+          abstract, functools.partial(run_setup.check_checkpoint_config, config, spec), step,
+          params_only=True)
   finally:
     ckpts.close()
-  if state is None:
+  if restored is None:
     where = os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR)
     raise checkpointing.NoCheckpointError(f'No restorable checkpoint in {where}.')
-  return jax.tree.map(train.host_array, state.params), meta
+  params, inputs = restored
+  return params, meta, inputs
 
 
 def figures_for_checkpoint(config, workdir: str, step: int | None = None) -> list[str]:
   """conv1's kernels of a checkpoint and the run's curves, into <workdir>/figures/."""
-  params, meta = restore_params(config, workdir, step)
+  params, meta, _ = restore_params(config, workdir, step)
   if jax.process_index() != 0:
     return []
   paths = [figures.save_conv1(params['conv1']['kernel'], workdir, int(meta['step']))]
@@ -67,28 +72,32 @@ def load_image(path: str):
 def predict(config, workdir: str, paths: list[str], step: int | None = None,
             top: int = 5) -> list[dict]:
   """Classifies image files with a checkpoint: for each, the `top` class names and
-  probabilities. Each image gets the eval split's centre view (`Data.test_view`: for the
-  stream pipeline the shorter side to data.prepared_size and the central crop), normalised
-  exactly as in training, with the training set's mean; the class names are the dataset's."""
+  probabilities. Each image gets the eval split's centre view (the shorter side to the
+  prepared size, the central crop), normalised exactly as in training, with the mean the
+  checkpoint carries."""
   if not paths:
     raise ConfigError('--images names no image files.')
   pil_images = [load_image(p) for p in paths]
-  params, meta = restore_params(config, workdir, step)
-  data = input_pipeline.load(config)
-  views, windows = zip(*(data.test_view(image) for image in pil_images))
-  images = input_pipeline.pixel_batch(np.stack(views), np.stack(windows))
-  spec = train.model_spec(config)
+  params, meta, inputs = restore_params(config, workdir, step)
+  mean = np.asarray(inputs['mean'], np.float32)
+  d = config.data
+  size = d.prepared_size or (mean.shape[0] if mean.ndim == 3 else d.image_size)
+  views, windows = zip(*(transforms.centre_view(image, size, d.crop_size, d.channels)
+                         for image in pil_images))
+  images = pixels.pixel_batch(np.stack(views), np.stack(windows))
+  spec = run_setup.model_spec(config)
 
   @jax.jit
-  def logits_fn(params, images):
-    x = input_pipeline.normalize(images, data.mean)
-    return model_lib.apply(params, x, spec, compute_dtype=train.compute_dtype(config))
+  def probabilities(params, images):
+    logits = model_lib.apply(params, pixels.normalize(images, mean), spec,
+                             compute_dtype=run_setup.compute_dtype(config))
+    return jax.nn.softmax(logits.astype(jnp.float32))
 
-  probs = np.asarray(jax.nn.softmax(logits_fn(params, images).astype(jnp.float32)))
-  info = data.info
+  probs = np.asarray(probabilities(params, images))
+  names = meta['class_names']
   results = []
   for path, p in zip(paths, probs):
     best = np.argsort(-p)[:min(top, len(p))]
     results.append({'image': path, 'step': int(meta['step']),
-                    'top': [[info.class_names[i], float(p[i])] for i in best]})
+                    'top': [[names[i], float(p[i])] for i in best]})
   return results

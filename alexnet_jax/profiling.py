@@ -17,18 +17,8 @@ import os
 
 import jax
 
-from alexnet_jax.errors import ConfigError
-
 PROFILE_DIR = 'profile'
 ANNOTATION = 'train'
-
-
-def check_config(profile) -> None:
-  if profile.start_step >= 0 and profile.num_steps < 1:
-    raise ConfigError(f'profile.num_steps={profile.num_steps} must be at least 1 when '
-                      f'profile.start_step={profile.start_step} turns profiling on.')
-  if not 0 <= profile.server_port < 65536:
-    raise ConfigError(f'profile.server_port={profile.server_port} must be 0 (off) or a port.')
 
 
 class Profiler:

@@ -24,7 +24,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+
 from alexnet_jax.errors import ConfigError
 
 PARALLELISM_MODES = ('towers', 'data', 'hybrid')
@@ -162,3 +164,12 @@ def describe(layout: Layout) -> dict:
   return {'parallelism': layout.parallelism, 'data': layout.num_data,
           'model': layout.num_model, 'devices': layout.mesh.devices.size,
           'batch_axes': list(layout.batch_axes)}
+
+
+def host_array(x) -> np.ndarray:
+  """A global array on the host. Collective on several processes (every process calls it):
+  the towers of a parameter may live on other hosts."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

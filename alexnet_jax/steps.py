@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import pixels
 from alexnet_jax import model as model_lib
 from alexnet_jax.sharding import Layout
 
@@ -41,8 +41,7 @@ def create_train_state(key: jax.Array, spec: model_lib.AlexNetSpec,
 def abstract_train_state(spec: model_lib.AlexNetSpec, tx: optax.GradientTransformation,
                          layout: Layout) -> TrainState:
   """The state's shapes, dtypes and shardings on `layout`, without allocating it."""
-  params = jax.eval_shape(functools.partial(model_lib.init_params, spec=spec),
-                          jax.random.key(0))
+  params = jax.eval_shape(lambda: model_lib.init_params(jax.random.key(0), spec))
   params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
                         params, layout.param_shardings(params))
   with jax.set_mesh(layout.mesh):
@@ -93,9 +92,9 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
                     skip_nonfinite: bool = False, mean=None):
   """Returns train_step(state, images, labels) -> (state, metrics).
 
-  `images` is a float32 batch, or an `input_pipeline.pixel_batch` (uint8 pixels, windows,
+  `images` is a float32 batch, or a `pixels.pixel_batch` (uint8 pixels, windows,
   PCA shifts) that each device normalises for its rows with `mean`
-  (`input_pipeline.normalize`).
+  (`pixels.normalize`).
 
   With `skip_nonfinite`, a step whose loss or gradient is NaN or Inf leaves the parameters and
   optimizer state as they were (the step counter still advances, so the next batch is used)
@@ -104,7 +103,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
   axes = layout.apply_axes
 
   def local_loss(params, images, labels, key):
-    images = input_pipeline.normalize(images, mean)
+    images = pixels.normalize(images, mean)
     local_b = labels.shape[0]
     logits = model_lib.apply(params, images, spec, train=True, dropout_key=key,
                              example_ids=layout.example_ids(local_b),
@@ -126,7 +125,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
         state.params, images, labels, key)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     metrics = {'loss': loss, 'top1': sums['top1'] / global_batch,
                'top5': sums['top5'] / global_batch, 'grad_norm': grad_norm}
     if skip_nonfinite:
@@ -152,7 +151,7 @@ def make_eval_step(spec: model_lib.AlexNetSpec, layout: Layout, compute_dtype=jn
   axes = layout.apply_axes
 
   def local_eval(params, images, labels, weights):
-    images = input_pipeline.normalize(images, mean)
+    images = pixels.normalize(images, mean)
     if images.ndim == 5:
       b, v = images.shape[:2]
       logits = model_lib.apply(params, images.reshape(b * v, *images.shape[2:]), spec,

@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    python benchmarks/comm_memory.py                    # 8 CPU devices, batch 128
-    python benchmarks/comm_memory.py --batch_size=256
+    python -m benchmarks.comm_memory                    # 8 CPU devices, batch 128
+    python -m benchmarks.comm_memory --batch_size=256
 
 Prints one Markdown table (for a README) with a row per mode and mesh (data x model):
 towers 4x2, data 8x1, hybrid 4x2 and towers 1x2. Nothing is timed, so the figures
@@ -27,15 +27,12 @@ float32; the CPU device count goes into XLA_FLAGS before JAX creates its CPU cli
 from __future__ import annotations
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
+import jax
+import numpy as np
 
-from absl import app, flags  # noqa: E402
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from alexnet_jax import comm, model, optimizer, sharding, steps  # noqa: E402
+from alexnet_jax import comm, model, optimizer, sharding, steps, xla_cpu
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('devices', 8, 'Number of CPU devices to force.')
@@ -101,6 +98,7 @@ def main(argv):
   # XLA reads its flags when JAX creates the CPU client, at the first device query below.
   os.environ['XLA_FLAGS'] = (f"{os.environ.get('XLA_FLAGS', '')} "
                              f'--xla_force_host_platform_device_count={FLAGS.devices}').strip()
+  xla_cpu.configure()
   jax.config.update('jax_platforms', 'cpu')
   spec = model.AlexNetSpec()
   meshes = [m for m in MESHES if m[1] * m[2] <= jax.device_count()]

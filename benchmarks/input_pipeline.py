@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    python benchmarks/input_pipeline.py                  # 256 images; threads 2; processes 1,2
-    python benchmarks/input_pipeline.py --num_images=1024 --threads=2,4,8 --processes=4,8
+    python -m benchmarks.input_pipeline                  # 256 images; threads 2; processes 1,2
+    python -m benchmarks.input_pipeline --num_images=1024 --threads=2,4,8 --processes=4,8
 
 The images: `--num_images` ImageNet-sized JPEGs (about 500x375, quality 90) cut from a
 real photograph that a dependency ships (matplotlib's sample `grace_hopper.jpg`, 512x600):
@@ -14,14 +14,14 @@ Rows: in this process (one core), `--threads` decode threads (`data.threads`), a
   (a) raw decode: Pillow `Image.open(...).convert('RGB')` of every file, on as many cores
       as the row uses (in process, or a process pool of that size), returning the shape;
   (b) full pipeline from the original JPEGs (`data.prepare_once=False`):
-      `streaming.StreamTrainLoader.host_batches` (decode, shorter side to 256 + central
+      `stream.StreamLoader.host_batches` (decode, shorter side to 256 + central
       crop, random 224 crop, the reflection and PCA draws: uint8 batches of `--batch`
       with each view's window and PCA shift);
   (c) the same pipeline on the images prepared once and stored as the paper did (shorter
       side 256, central 256x256, JPEG quality 95; `data.prepare_once=True`, the default):
       per epoch only the small decode and the crop remain. Its ratio is to (a), the
       decode of the originals;
-  (d) the device half (reflection, per-pixel mean, PCA shift: `input_pipeline.normalize`,
+  (d) the device half (reflection, per-pixel mean, PCA shift: `pixels.normalize`,
       jitted) alone on this machine's default device, for the record: on a GPU it is part
       of the train step.
 Raw decode: the best of `--repeats` passes over the files, after the pool has started.
@@ -41,9 +41,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from alexnet_jax import input_pipeline, streaming  # pylint: disable=wrong-import-position
+from alexnet_jax import pixels
+from alexnet_jax.data import stream, transforms
 
 
 def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -96,7 +95,7 @@ def prepare(jpegs: list[bytes]) -> list[bytes]:
   out = []
   for data in jpegs:
     buf = io.BytesIO()
-    Image.fromarray(streaming.decode(data, 256)).save(buf, 'JPEG', quality=95)
+    Image.fromarray(transforms.decode(data, 256)).save(buf, 'JPEG', quality=95)
     out.append(buf.getvalue())
   return out
 
@@ -106,7 +105,7 @@ def full_pipeline(jpegs: list[bytes], threads: int, processes: int, batch: int,
   """Images/s of the loader in steady state: `steps` batches timed after warm-up (worker
   start-up is not counted); epochs repeat over the files."""
   source = [{'image': data, 'label': i % 1000} for i, data in enumerate(jpegs)]
-  loader = streaming.StreamTrainLoader(source, batch, 0, streaming.Augment(), threads=threads,
+  loader = stream.StreamLoader(source, batch, 0, stream.Augment(), threads=threads,
                                        processes=processes)
   warm = 2 * max(threads, processes, 1)
   batches = loader.host_batches(0, warm + steps)
@@ -122,13 +121,13 @@ def device_normalize(batch: int, repeats: int = 20) -> float:
   """Images/s of the device half (mean image and PCA shift) on the default device."""
   import jax
   rng = np.random.default_rng(0)
-  images = input_pipeline.pixel_batch(
+  images = pixels.pixel_batch(
       rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8),
       np.c_[rng.integers(0, 33, (batch, 2)), rng.integers(0, 2, batch)].astype(np.int32),
       rng.normal(0, 10, (batch, 3)).astype(np.float32))
   images = jax.device_put(images)
   mean = jax.device_put(rng.uniform(0, 255, (256, 256, 3)).astype(np.float32))
-  fn = jax.jit(input_pipeline.normalize)
+  fn = jax.jit(pixels.normalize)
   fn(images, mean).block_until_ready()
   start = time.perf_counter()
   for _ in range(repeats):
@@ -149,7 +148,7 @@ def main():
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   jpegs = make_jpegs(args.num_images)
-  sizes = np.array([streaming.decode(d, 0).shape[:2] for d in jpegs[:32]])
+  sizes = np.array([transforms.decode(d, 0).shape[:2] for d in jpegs[:32]])
   cpus = os.cpu_count()
   print(f'{len(jpegs)} JPEGs, mean {sizes[:, 1].mean():.0f}x{sizes[:, 0].mean():.0f}, '
         f'{np.mean([len(d) for d in jpegs]) / 1024:.0f} KiB each; {cpus} CPUs')

@@ -2,11 +2,11 @@
 
 Run from the repository root:
 
-    python benchmarks/train_step.py                         # backend defaults
-    python benchmarks/train_step.py --batch_sizes=32 --dtypes=float32,bfloat16
-    python benchmarks/train_step.py --notorch_compile --json_out=/tmp/train_step.json
+    python -m benchmarks.train_step                         # backend defaults
+    python -m benchmarks.train_step --batch_sizes=32 --dtypes=float32,bfloat16
+    python -m benchmarks.train_step --notorch_compile --json_out=/tmp/train_step.json
     XLA_FLAGS=--xla_force_host_platform_device_count=2 \\
-        python benchmarks/train_step.py --modes=towers,data,hybrid   # meshes on CPU
+        python -m benchmarks.train_step --modes=towers,data,hybrid   # meshes on CPU
 
 What is timed: one training step (forward, backward, paper momentum update) on a
 synthetic batch.
@@ -49,9 +49,11 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from alexnet_jax import xla_cpu
+
 # torch and JAX share the GPU: keep JAX from reserving most of its memory up front.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+xla_cpu.configure()  # before JAX creates its CPU client
 
 from absl import app, flags  # noqa: E402
 import jax  # noqa: E402

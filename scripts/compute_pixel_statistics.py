@@ -2,10 +2,10 @@
 paper's mean subtraction and PCA colour augmentation, written to an .npz file that
 `--config.data.statistics` reads.
 
-    python scripts/compute_pixel_statistics.py --config=configs/alexnet.py \
+    python -m scripts.compute_pixel_statistics --config=configs/alexnet.py \
         --config.data.manual_dir=/data/imagenet --out=imagenet_stats.npz [--limit=50000]
 
-It reads the config's training split exactly as training does (`streaming.
+It reads the config's training split exactly as training does (`stream.
 training_builder`: the same tfds dataset, prepared at data.prepared_size), without
 TensorFlow. Keys: mean (prepared_size x prepared_size x channels, 0-255), and for RGB
 eigval, eigvec (0-1 scale, eigenvectors in columns, as the reference card's constants),
@@ -13,7 +13,6 @@ count, bad. Without a file, training computes the same over data.statistics_exam
 images at start-up.
 """
 
-import os
 import sys
 
 from absl import app
@@ -21,10 +20,8 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from alexnet_jax import streaming  # pylint: disable=wrong-import-position
-from alexnet_jax.errors import UserError  # pylint: disable=wrong-import-position
+from alexnet_jax.data import sources, stream
+from alexnet_jax.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
 flags.DEFINE_string('out', None, 'The .npz file to write.')
@@ -39,9 +36,8 @@ def main(argv):
     if config.data.pipeline != 'stream' or not config.data.prepared_size:
       raise UserError('The statistics are for data.pipeline=stream with data.prepared_size '
                       '> 0 (images of one size).')
-    source = streaming.split_source(streaming.training_builder(config),
-                                    config.data.train_split)
-    stats = streaming.pixel_statistics(source, config.data.prepared_size,
+    source = sources.split_source(stream.training_builder(config), config.data.train_split)
+    stats = stream.pixel_statistics(source, config.data.prepared_size,
                                        flags.FLAGS.limit or None, config.seed,
                                        config.data.channels)
   except UserError as e:

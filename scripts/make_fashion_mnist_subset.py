@@ -4,7 +4,7 @@ Takes the first N training and first M test images of the full idx files (e.g.
 Debian's dataset-fashion-mnist package) and writes them in the same gzipped idx
 format, so the same tfds builder reads the subset and the full data.
 
-  python scripts/make_fashion_mnist_subset.py /usr/share/datasets/fashion-mnist data/fashion_mnist
+  python -m scripts.make_fashion_mnist_subset /usr/share/datasets/fashion-mnist data/fashion_mnist
 """
 
 import gzip

@@ -1,18 +1,16 @@
 """Trains a few steps on a towers data=4 x model=2 mesh; run as one of several processes.
 
-  python tests/distributed_worker.py PORT NUM_PROCESSES PROCESS_ID OUT.json [memory|stream]
+  python -m tests.distributed_worker PORT NUM_PROCESSES PROCESS_ID OUT.json [memory|stream]
 
-memory: `input_pipeline.TrainLoader` on random images in memory; stream: the paper's
-pipeline (`streaming.StreamTrainLoader`) on JPEGs of varying sizes cut from a real photo.
+memory: `memory.MemoryLoader` on random images in memory; stream: the paper's pipeline
+(`stream.StreamLoader`) on JPEGs of varying sizes cut from a real photo.
 """
 
 import json
 import os
 import sys
 
-SPEC_KWARGS = dict(num_classes=10, image_size=32, in_channels=3, conv_features=(8, 16, 24, 24, 16),
-                   conv_kernels=(3, 3, 3, 3, 3), conv1_stride=1, conv1_padding='same',
-                   fc_features=32, init_std=0.05)
+from tests import helpers
 
 
 class _CountingSource:
@@ -29,41 +27,27 @@ class _CountingSource:
     return self.records[i]
 
 
-def jpeg_records(n: int = 48) -> list[dict]:
-  import io
-  import numpy as np
-  from tests import mini_imagenet
-  photo, rng, records = mini_imagenet.photo(), np.random.default_rng(0), []
-  for i in range(n):
-    x, y = (int(v) for v in rng.integers(0, 300, 2))
-    image = photo.crop((x, y, x + 200, y + 200)).resize(tuple(int(v) for v in
-                                                              rng.integers(36, 70, 2)))
-    out = io.BytesIO()
-    image.save(out, 'JPEG', quality=90)
-    records.append({'image': out.getvalue(), 'label': i % 10})
-  return records
-
-
 def train_losses(num_steps: int = 3, batch: int = 16, pipeline: str = 'memory') -> dict:
   """{'losses': the losses of `num_steps` steps, 'reads': records this process read}."""
   import jax
   import numpy as np
 
-  from alexnet_jax import input_pipeline, model, optimizer, sharding, steps, streaming
+  from alexnet_jax import model, optimizer, sharding, steps
+  from alexnet_jax.data import memory, stream
 
-  spec = model.AlexNetSpec(**SPEC_KWARGS)
+  spec = model.AlexNetSpec(**helpers.SPEC_KWARGS)
   layout = sharding.Layout(sharding.make_mesh(4, 2), 'towers')
   rng = np.random.default_rng(0)
   source = None
   if pipeline == 'stream':
-    source = _CountingSource(jpeg_records())
-    loader = streaming.StreamTrainLoader(
-        source, batch, seed=0, augment=streaming.Augment(prepared_size=36, crop_size=32))
+    source = _CountingSource(helpers.jpeg_records())
+    loader = stream.StreamLoader(
+        source, batch, seed=0, augment=stream.Augment(prepared_size=36, crop_size=32))
     mean = np.random.default_rng(1).uniform(80, 160, (36, 36, 3)).astype(np.float32)
   else:
-    split = input_pipeline.Split(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
-                                 rng.integers(0, 10, (64,), dtype=np.int32))
-    loader = input_pipeline.TrainLoader(split, batch, seed=0, pad=2, flip=True)
+    split = memory.Split(rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+                         rng.integers(0, 10, (64,), dtype=np.int32))
+    loader = memory.MemoryLoader(split, batch, seed=0, pad=2, flip=True)
     mean = np.full((3,), 127.5, np.float32)
   tx = optimizer.paper_momentum(0.01)
   state = steps.create_train_state(jax.random.key(0), spec, tx, layout)
@@ -81,7 +65,8 @@ if __name__ == '__main__':
   pipeline = sys.argv[5] if len(sys.argv) > 5 else 'memory'
   os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
   os.environ['JAX_PLATFORMS'] = 'cpu'
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from alexnet_jax import xla_cpu
+  xla_cpu.configure()
   import jax
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(f'127.0.0.1:{port}', int(num_processes), int(process_id))

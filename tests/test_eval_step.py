@@ -5,10 +5,11 @@ probability must stay finite)."""
 import jax
 import numpy as np
 
-from alexnet_jax import input_pipeline, model, sharding, steps
-from tests import distributed_worker
+from alexnet_jax import model, sharding, steps
+from alexnet_jax.pixels import pixel_batch
+from tests import helpers
 
-SPEC = model.AlexNetSpec(**distributed_worker.SPEC_KWARGS)
+SPEC = model.AlexNetSpec(**helpers.SPEC_KWARGS)
 
 
 def reference(logits, labels, weights):
@@ -49,7 +50,7 @@ def test_centre_and_ten_crop_metrics_match_numpy():
 
   for images, want in ((pixels[:, 4], reference(logits[:, 4], labels, weights)),
                        (pixels, reference(logits, labels, weights))):
-    batch = jax.device_put(input_pipeline.pixel_batch(images), layout.batch_sharding())
+    batch = jax.device_put(pixel_batch(images), layout.batch_sharding())
     got = jax.device_get(eval_step(params, batch,
                                    jax.device_put(labels, layout.label_sharding()),
                                    jax.device_put(weights, layout.label_sharding())))

@@ -5,23 +5,20 @@ compilation cache (reruns of a config load its executables instead of compiling 
 also what makes a rerun's numbers the uninterrupted run's bit for bit on CPU).
 """
 
-import hashlib
 import json
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import input_pipeline
-from tests.test_launch import ROOT, SMALL_MODEL
+from tests import helpers
+from tests.helpers import (assert_bitwise_equal, finish, load_state, one_error_line, records,
+                           snapshot, steps_on_disk)
 
-BASE = [*SMALL_MODEL, '--config.model.init_std=0.05', '--config.data.crop_pad=2',
+BASE = [*helpers.SMALL_MODEL, '--config.model.init_std=0.05', '--config.data.crop_pad=2',
         '--config.num_train_steps=10', '--config.log_every_steps=1']
 TOWERS_1x2 = ['--config.parallelism=towers', '--config.mesh.data=1', '--config.mesh.model=2']
 
@@ -31,92 +28,8 @@ def xla_cache(tmp_path_factory):
   return tmp_path_factory.mktemp('xla_cache')
 
 
-def launch(xla_cache, workdir, *overrides, devices=1, faults='', config='configs/synthetic.py',
-           background=False):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(xla_cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0', ALEXNET_FAULTS=faults)
-  args = [sys.executable, 'launch.py', f'--config={config}', f'--workdir={workdir}', *overrides]
-  proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  if background:
-    return proc
-  return finish(proc)
-
-
-def finish(proc, timeout=600):
-  stdout, stderr = proc.communicate(timeout=timeout)
-  return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-
-
-def records(workdir, key):
-  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
-  return [r for r in map(json.loads, lines) if key in r]
-
-
-def steps_on_disk(workdir):
-  d = pathlib.Path(workdir) / 'checkpoints'
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit())
-
-
-def load_state(workdir, step):
-  """The arrays of a checkpoint as numpy, whatever mesh wrote them."""
-  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints',
-                               options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_names=('state', 'meta'))
-  meta = mngr.item_metadata(step)['state']
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  return mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(restore_args=args)))['state']
-
-
-def assert_bitwise_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert jax.tree.structure(a) == jax.tree.structure(b) and len(la) > 10
-  for x, y in zip(la, lb):
-    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
-
-
-def snapshot(path):
-  """Every file and folder under `path` with its bytes and mtime."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    return None
-  if path.is_file():
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-  return {str(p.relative_to(path)): (None if p.is_dir() else
-                                     (hashlib.sha256(p.read_bytes()).hexdigest(),
-                                      p.stat().st_mtime_ns))
-          for p in sorted(path.rglob('*'))}
-
-
-def one_error_line(result):
-  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
-  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
-  return errors[0]
-
-
-# ---- 10-crop windows ------------------------------------------------------------------------
-
-
-def test_ten_crop_windows_by_hand():
-  image = np.arange(9, dtype=np.uint8).reshape(1, 3, 3, 1) + 1  # 1..9, 0 is the padding
-  views = input_pipeline.ten_crop(image, pad=1)[0, ..., 0]
-  assert views.shape == (10, 3, 3)
-  # The image padded by 1 is 5x5; the 3x3 windows at (0,0), (0,2), (2,0), (2,2) and (1,1).
-  want = np.array([
-      [[0, 0, 0], [0, 1, 2], [0, 4, 5]],  # top-left
-      [[0, 0, 0], [2, 3, 0], [5, 6, 0]],  # top-right
-      [[0, 4, 5], [0, 7, 8], [0, 0, 0]],  # bottom-left
-      [[5, 6, 0], [8, 9, 0], [0, 0, 0]],  # bottom-right
-      [[1, 2, 3], [4, 5, 6], [7, 8, 9]],  # centre: the image
-  ])
-  np.testing.assert_array_equal(views[:5], want)
-  np.testing.assert_array_equal(views[5:], want[:, :, ::-1])  # horizontal reflections
-  np.testing.assert_array_equal(input_pipeline.ten_crop(image, pad=0)[0, :, ..., 0],
-                                np.stack([image[0, ..., 0]] * 5 + [image[0, :, ::-1, 0]] * 5))
+def launch(xla_cache, workdir, *overrides, **kwargs):
+  return helpers.launch(workdir, *overrides, xla_cache=xla_cache, **kwargs)
 
 
 # ---- SIGKILL and rerun ----------------------------------------------------------------------
@@ -161,8 +74,7 @@ def test_stream_pipeline_sigkill_then_rerun_is_bitwise_the_uninterrupted_run(xla
   """The same for the stream pipeline (an image folder decoded by 2 threads, random crops,
   reflections, PCA lighting, the mean image computed at start-up): the loader restarts at
   the checkpoint's step and yields exactly the batches the uninterrupted run saw next."""
-  from tests.test_image_folder import make_small_folder
-  make_small_folder(tmp_path / 'images', train=16, test=4)
+  helpers.make_small_folder(tmp_path / 'images', train=16, test=4)
   overrides = [f'--config.data.folder={tmp_path / "images"}',
                f'--config.data.data_dir={tmp_path / "tfds"}', '--config.batch_size=8',
                '--config.eval_batch_size=8', '--config.num_train_steps=6',

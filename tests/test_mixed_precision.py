@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import model, optimizer, sharding, steps
-from tests import distributed_worker
+from tests import helpers
 
 
 def test_bfloat16_compute_trains_with_float32_state():
-  spec = model.AlexNetSpec(**{**distributed_worker.SPEC_KWARGS, 'dropout_rate': 0.0})
+  spec = model.AlexNetSpec(**{**helpers.SPEC_KWARGS, 'dropout_rate': 0.0})
   layout = sharding.Layout(sharding.make_mesh(1, 1, jax.devices()[:1]), 'towers')
   tx = optimizer.paper_momentum(0.01)
   state = steps.create_train_state(jax.random.key(0), spec, tx, layout)

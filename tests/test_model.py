@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import model
-from tests import numpy_alexnet
+from tests import reference
 
 # Reference card: parameters per layer of the two-tower net.
 CARD_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663_936,
@@ -82,7 +82,7 @@ def test_forward_matches_float64_numpy_full_model():
   spec = model.AlexNetSpec()
   params64 = _random_params(spec, 0)
   images = np.random.default_rng(1).uniform(-120, 120, (2, 224, 224, 3))
-  want = numpy_alexnet.forward(params64, images, 4, spec.conv1_pads())
+  want = reference.forward(params64, images, 4, spec.conv1_pads())
   params32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params64)
   got = jax.jit(lambda p, x: model.apply(p, x, spec))(params32, jnp.asarray(images, jnp.float32))
   rel = np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
@@ -98,7 +98,7 @@ TINY = model.AlexNetSpec(num_classes=5, image_size=16, in_channels=2, num_towers
 def test_tiny_variant_matches_numpy():
   params64 = _random_params(TINY, 2)
   images = np.random.default_rng(3).uniform(-100, 100, (3, 16, 16, 2))
-  want = numpy_alexnet.forward(params64, images, 1, TINY.conv1_pads())
+  want = reference.forward(params64, images, 1, TINY.conv1_pads())
   got = model.apply(jax.tree.map(jnp.asarray, params64), jnp.asarray(images, jnp.float32), TINY)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import figures, flops, metrics, train
+from alexnet_jax import figures, flops, metrics, run_setup
 from alexnet_jax import steps as steps_lib
-from tests.test_fault_tolerance import launch
-from tests.test_launch import SMALL_MODEL
+from tests import helpers
+from tests.helpers import SMALL_MODEL
 
 RUN = [*SMALL_MODEL, '--config.num_train_steps=6', '--config.log_every_steps=2',
        '--config.eval_every_steps=3', '--config.parallelism=towers', '--config.mesh.data=1',
@@ -26,6 +26,10 @@ SCALARS = ('train/loss', 'train/top1', 'train/top5', 'lr', 'images_per_sec', 'st
 @pytest.fixture(scope='module')
 def xla_cache(tmp_path_factory):
   return tmp_path_factory.mktemp('xla_cache')
+
+
+def launch(xla_cache, workdir, *overrides, **kwargs):
+  return helpers.launch(workdir, *overrides, xla_cache=xla_cache, **kwargs)
 
 
 @pytest.fixture(scope='module')
@@ -59,7 +63,7 @@ def read_tfrecords(path):
 
 def test_derived_flops_are_the_reference_cards():
   from configs import alexnet
-  spec = train.model_spec(alexnet.get_config())
+  spec = run_setup.model_spec(alexnet.get_config())
   macs = flops.layer_macs(spec)
   card = {'conv1': 105.4e6, 'conv2': 223.9e6, 'conv3': 149.5e6, 'conv4': 112.1e6,
           'conv5': 74.8e6}
@@ -79,9 +83,9 @@ def test_compiled_train_step_flops_agree_with_the_derived_count():
   from configs import synthetic
   config = synthetic.get_config()
   batch = 4
-  layout = train.build_layout(config, jax.devices()[:1])
-  spec = train.model_spec(config)
-  tx = train.make_optimizer(config, 10)
+  layout = run_setup.build_layout(config, jax.devices()[:1])
+  spec = run_setup.model_spec(config)
+  tx = run_setup.make_optimizer(config, 10)
   state = steps_lib.abstract_train_state(spec, tx, layout)
   step = steps_lib.make_train_step(spec, layout, tx, batch)
   images = jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.float32,

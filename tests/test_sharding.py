@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from alexnet_jax import comm, model, optimizer, sharding, steps
-from tests import distributed_worker
+from tests import distributed_worker, helpers
 
-SMALL = model.AlexNetSpec(**distributed_worker.SPEC_KWARGS)
+SMALL = model.AlexNetSpec(**helpers.SPEC_KWARGS)
 MESHES = [('towers', 1, 1), ('towers', 1, 2), ('towers', 4, 2), ('data', 8, 1), ('hybrid', 4, 2)]
 
 
@@ -48,8 +48,9 @@ def test_same_losses_on_every_mesh():
 def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh():
   """The loaders' batches (uint8 pixels, windows into a per-pixel mean, PCA shifts) are
   normalised by each device for its rows: same losses as float32 batches normalised on the
-  host (transforms.normalize), on every mesh."""
-  from alexnet_jax import input_pipeline, transforms
+  host (reference.normalize_view), on every mesh."""
+  from alexnet_jax.pixels import pixel_batch
+  from tests import reference
   rng = np.random.default_rng(0)
   batch, size = 16, SMALL.image_size
   pixels = rng.integers(0, 256, (3, batch, size, size, 3), dtype=np.uint8)
@@ -67,9 +68,9 @@ def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh()
     out = []
     for p, w, sh, y in zip(pixels, windows, shifts, labels):
       if on_device:
-        x = input_pipeline.pixel_batch(p, w, sh)
+        x = pixel_batch(p, w, sh)
       else:
-        x = np.stack([transforms.normalize(*row, mean) for row in zip(p, w, sh)])
+        x = np.stack([reference.normalize_view(*row, mean) for row in zip(p, w, sh)]).astype(np.float32)
       state, metrics = train_step(state, jax.device_put(x, layout.batch_sharding()),
                                   jax.device_put(y, layout.label_sharding()))
       out.append(float(metrics['loss']))
@@ -83,7 +84,7 @@ def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh()
 
 def test_dropout_matters_and_is_mesh_independent():
   # With dropout off the losses differ from the run above: the masks are used.
-  spec = model.AlexNetSpec(**{**distributed_worker.SPEC_KWARGS, 'dropout_rate': 0.0})
+  spec = model.AlexNetSpec(**{**helpers.SPEC_KWARGS, 'dropout_rate': 0.0})
   with_dropout, _ = five_step_losses(layout_for('towers', 1, 1))
   without, _ = five_step_losses(layout_for('towers', 1, 1), spec)
   assert np.abs(with_dropout - without).max() > 1e-4
@@ -188,8 +189,9 @@ def test_two_processes_match_one(tmp_path, pipeline):
   loading (and, for the stream pipeline, decoding) only its half of every batch."""
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  procs = [subprocess.Popen([sys.executable, distributed_worker.__file__, str(port), '2', str(i),
-                             str(tmp_path / f'{i}.json'), pipeline], env=env)
+  procs = [subprocess.Popen([sys.executable, '-m', 'tests.distributed_worker', str(port), '2',
+                             str(i), str(tmp_path / f'{i}.json'), pipeline],
+                            env=env, cwd=helpers.ROOT)
            for i in range(2)]
   for p in procs:
     assert p.wait(timeout=300) == 0

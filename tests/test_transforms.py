@@ -1,12 +1,15 @@
-"""The paper's per-image transforms (alexnet_jax/transforms.py) against hand-computed values."""
+"""The paper's host-side transforms (alexnet_jax/data/transforms.py) against hand-computed
+values and the step-by-step reference of tests/reference.py."""
 
 import numpy as np
 import pytest
 
-from alexnet_jax import transforms as T
+from alexnet_jax.data import transforms as T
+from tests import helpers, reference
 
 
 # ---- preparation: shorter side 256, central crop ----------------------------------------
+
 
 
 def test_shorter_side_already_256_is_only_centre_cropped():
@@ -39,7 +42,30 @@ def test_grey_and_small_images():
   assert T.resize_and_centre_crop(np.zeros((10, 10, 3), np.uint8), size=4).shape == (4, 4, 3)
 
 
-# ---- random crops and reflections ----------------------------------------------------------
+def test_resampling_only_the_kept_window_matches_resize_then_crop():
+  from PIL import Image
+  photo = helpers.photo().resize((500, 375), Image.BICUBIC)  # ImageNet-sized, landscape
+  got = T.resize_and_centre_crop(photo).astype(int)
+  full = np.asarray(photo.resize((341, 256), Image.BILINEAR))  # round(500 * 256 / 375) = 341
+  want = full[:, 42:298].astype(int)  # (341 - 256) // 2 = 42
+  assert np.abs(got - want).max() <= 1 and np.abs(got - want).mean() < 0.01
+
+
+def test_decode_prepares_bytes_pil_images_and_arrays_alike():
+  image = helpers.photo().crop((0, 0, 90, 60))
+  data = helpers.encode(image, 'PNG')
+  want = T.resize_and_centre_crop(image, 32)
+  np.testing.assert_array_equal(T.decode(data, 32), want)
+  np.testing.assert_array_equal(T.decode(np.asarray(image), 32), want)
+  assert T.decode(data, 16, channels=1).shape == (16, 16, 1)
+  assert T.decode(data, 0).shape == (60, 90, 3)  # only the colour mode
+  with pytest.raises(T.DECODE_ERRORS):
+    T.decode(data[:60], 32)  # truncated
+  with pytest.raises(T.DECODE_ERRORS):
+    T.decode(b'not an image', 32)
+
+
+# ---- training views ----------------------------------------------------------------------
 
 
 def test_random_crops_cover_every_allowed_position_and_nothing_else():
@@ -47,7 +73,7 @@ def test_random_crops_cover_every_allowed_position_and_nothing_else():
   rng = np.random.default_rng(0)
   seen = set()
   for _ in range(600):
-    out = T.random_crop(image, 4, rng)
+    out = T.crop(image, *T.random_crop_offset(image.shape, 4, rng), 4)
     top, left = divmod(int(out[0, 0, 0]), 7)
     np.testing.assert_array_equal(out, image[top:top + 4, left:left + 4])
     seen.add((top, left))
@@ -65,25 +91,31 @@ def test_224_crops_of_256_range_over_0_to_32():
     T.random_crop_offset((200, 256, 3), 224, rng)
 
 
-def test_reflection_by_hand_and_half_the_time():
-  image = np.array([[[1], [2], [3]], [[4], [5], [6]]])
-  np.testing.assert_array_equal(T.reflect(image)[..., 0], [[3, 2, 1], [6, 5, 4]])
-  rng = np.random.default_rng(2)
-  flips = sum(T.random_reflection(image, rng)[0, 0, 0] == 3 for _ in range(1000))
-  assert 440 < flips < 560
+def test_crop_works_on_batches():
+  batch = np.arange(2 * 5 * 5).reshape(2, 5, 5, 1)
+  np.testing.assert_array_equal(T.crop(batch, 1, 2, 3), batch[:, 1:4, 2:5])
+  with pytest.raises(ValueError, match='does not fit'):
+    T.crop(batch, 3, 0, 3)
 
 
-# ---- mean subtraction --------------------------------------------------------------------
-
-
-def test_mean_subtraction_per_pixel_and_per_channel():
-  image = np.array([[[10, 20, 30], [40, 50, 60]]], np.uint8)  # 1 x 2 x 3
-  per_pixel = np.array([[[1, 2, 3], [4, 5, 6]]], np.float32)
-  np.testing.assert_array_equal(T.subtract_mean(image, per_pixel),
-                                [[[9, 18, 27], [36, 45, 54]]])
-  out = T.subtract_mean(image, np.array([127.3, 119.7, 104.9]))
-  assert out.dtype == np.float32
-  np.testing.assert_allclose(out, [[[-117.3, -99.7, -74.9], [-87.3, -69.7, -44.9]]], atol=1e-4)
+def test_train_crop_draws_offset_reflection_and_pca_in_order():
+  image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
+  flips = 0
+  for seed in range(1000):
+    view, window, shift = T.train_crop(image, np.random.default_rng(seed), crop_size=6)
+    r = np.random.default_rng(seed)
+    top, left = r.integers(0, [5, 5])
+    assert tuple(window) == (top, left, r.random() < 0.5)
+    np.testing.assert_array_equal(view, image[top:top + 6, left:left + 6])
+    np.testing.assert_allclose(shift, reference.pca_shift(r), rtol=1e-5)
+    flips += int(window[2])
+  assert 440 < flips < 560  # half the time: 500 +- 16 (1 sd)
+  plain = T.train_crop(image, np.random.default_rng(0), crop_size=None, flip=False, pca_sigma=0)
+  np.testing.assert_array_equal(plain[0], image)
+  np.testing.assert_array_equal(plain[1], [0, 0, 0])
+  np.testing.assert_array_equal(plain[2], [0, 0, 0])
+  with pytest.raises(ValueError, match='RGB'):
+    T.train_crop(image[..., :1], np.random.default_rng(0), crop_size=6)
 
 
 # ---- PCA colour augmentation -----------------------------------------------------------
@@ -104,9 +136,6 @@ def test_pca_shift_by_hand():
   # Blue: 255 * (-0.5836 * 0.02175 - 0.6948 * -0.00376 + 0.4203 * 0.000225) = -2.54650
   shift = T.pca_shift(_FixedNormal(), sigma=0.1)
   np.testing.assert_allclose(shift, [-3.81406, -3.26365, -2.54650], atol=1e-4)
-  image = np.array([[[100, 100, 100], [0, 255, 7]]], np.uint8)
-  out = T.pca_lighting(image, _FixedNormal())
-  np.testing.assert_allclose(out, image.astype(np.float32) + shift, atol=1e-5)  # every pixel
 
 
 def test_pca_noise_has_the_configured_covariance():
@@ -127,15 +156,35 @@ def test_pca_noise_has_the_configured_covariance():
   np.testing.assert_allclose((sigma2 @ T.IMAGENET_EIGVEC).std(axis=0), 2 * std, rtol=0.02)
 
 
-def test_pca_from_pixels_recovers_a_known_covariance():
-  # Pixels 128 +- 51 u +- 25.5 v with u = (1, 2, 2) / 3, v = (2, 1, -2) / 3, all four signs
-  # equally often: covariance (51/255)^2 u u^T + (25.5/255)^2 v v^T (times n / (n - 1)).
+def test_pixel_statistics_recover_a_known_mean_and_covariance():
+  # Pixels 128 +- 51 u +- 25.5 v (rounded), u = (1, 2, 2) / 3, v = (2, 1, -2) / 3, all four
+  # signs equally often: covariance about (51/255)^2 u u^T + (25.5/255)^2 v v^T.
   u, v = np.array([1, 2, 2]) / 3, np.array([2, 1, -2]) / 3
-  pixels = np.array([128 + a * 51 * u + b * 25.5 * v for a in (-1, 1) for b in (-1, 1)] * 25)
-  eigval, eigvec = T.pca_from_pixels(pixels)
-  np.testing.assert_allclose(eigval, np.array([0.04, 0.01, 0.0]) * 100 / 99, atol=1e-12)
-  np.testing.assert_allclose(eigvec[:, 0], -u, atol=1e-9)  # sign: first entry negative
-  np.testing.assert_allclose(eigvec[:, 1], -v, atol=1e-9)
+  values = [np.round(128 + a * 51 * u + b * 25.5 * v) for a in (-1, 1) for b in (-1, 1)]
+  images = np.array([np.broadcast_to(x, (2, 3, 3)) for x in values], np.uint8)
+  stats = T.PixelStatistics()
+  stats.add(images[:3])  # in two groups: the result must not depend on the grouping
+  stats.add(images[3])
+  assert stats.count == 4
+  np.testing.assert_allclose(stats.mean(), images.mean(axis=0, dtype=np.float64), rtol=1e-15)
+  eigval, eigvec = stats.pca()
+  x = images.reshape(-1, 3) / 255.0  # population covariance (over n) in float64
+  np.testing.assert_allclose(eigval, np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1],
+                             atol=1e-12)
+  np.testing.assert_allclose(eigval[:2], [0.04, 0.01], rtol=0.02)  # up to the rounding
+  np.testing.assert_allclose(abs(eigvec[:, 0] @ u), 1, atol=1e-3)
+  np.testing.assert_allclose(abs(eigvec[:, 1] @ v), 1, atol=1e-3)
+  assert eigvec[0, 0] < 0 and eigvec[0, 1] < 0  # the card's sign: first entry negative
+  np.testing.assert_allclose(eigvec.T @ eigvec, np.eye(3), atol=1e-12)
+  saved = stats.as_dict()
+  assert saved['mean'].dtype == np.float32 and saved['count'] == 4
+
+
+def test_mean_to_subtract_per_pixel_and_per_channel():
+  mean = np.array([[[10.0], [20.0]], [[30.0], [40.0]]])
+  np.testing.assert_array_equal(T.mean_to_subtract(mean, 'pixel'), mean)
+  np.testing.assert_array_equal(T.mean_to_subtract(mean, 'channel'), [25.0])
+  np.testing.assert_array_equal(T.mean_to_subtract(mean, 'none'), [0.0])
 
 
 # ---- test views ----------------------------------------------------------------------------
@@ -154,6 +203,13 @@ def test_ten_crop_windows_by_hand():
   ])
   np.testing.assert_array_equal(views[:5], want)
   np.testing.assert_array_equal(views[5:], want[:, :, ::-1])
+  batch = np.stack([image, image + 100])  # a batch: the views on axis -4
+  np.testing.assert_array_equal(T.ten_crop(batch, 3)[1], reference.ten_crop(image + 100, 3))
+  unreflected = T.ten_crop_unreflected(image, 3)
+  np.testing.assert_array_equal(unreflected[5:], unreflected[:5])
+  np.testing.assert_array_equal(T.ten_crop_windows(image.shape, 3),
+                                [[0, 0, 0], [0, 2, 0], [2, 0, 0], [2, 2, 0], [1, 1, 0],
+                                 [0, 0, 1], [0, 2, 1], [2, 0, 1], [2, 2, 1], [1, 1, 1]])
 
 
 def test_ten_crop_224_of_256_windows_and_centre_crop():
@@ -168,54 +224,11 @@ def test_ten_crop_224_of_256_windows_and_centre_crop():
   np.testing.assert_array_equal(T.centre_crop(image), image[16:240, 16:240])
 
 
-# ---- the composed training view ------------------------------------------------------------
-
-
-def test_train_view_crops_the_per_pixel_mean_with_the_image():
-  rng = np.random.default_rng(5)
-  mean = rng.uniform(0, 200, (8, 8, 3)).astype(np.float32)
-  image = (mean + 5).astype(np.uint8)  # image - mean is 5 - frac(mean) wherever the crop is
-  want_full = image.astype(np.float32) - mean
-  for seed in range(20):
-    out = T.train_view(image, np.random.default_rng(seed), mean, crop_size=5, flip=False,
-                       pca_sigma=0)
-    top, left = T.random_crop_offset(image.shape, 5, np.random.default_rng(seed))
-    np.testing.assert_array_equal(out, want_full[top:top + 5, left:left + 5])
-
-
-def test_train_view_switches_and_determinism():
-  image = np.random.default_rng(6).integers(0, 256, (10, 10, 3), dtype=np.uint8)
-  plain = T.train_view(image, np.random.default_rng(0), None, crop_size=None, flip=False,
-                       pca_sigma=0)
-  np.testing.assert_array_equal(plain, image.astype(np.float32))
-  a = T.train_view(image, np.random.default_rng(7), np.zeros(3), crop_size=6)
-  b = T.train_view(image, np.random.default_rng(7), np.zeros(3), crop_size=6)
-  assert a.shape == (6, 6, 3) and a.dtype == np.float32
-  np.testing.assert_array_equal(a, b)
-  c = T.train_view(image, np.random.default_rng(8), np.zeros(3), crop_size=6)
-  assert not np.array_equal(a, c)
-
-
-@pytest.mark.parametrize('mean_shape', [(3,), (9, 11, 3)])
-def test_train_view_equals_the_composition_of_the_steps(mean_shape):
-  rng = np.random.default_rng(9)
-  image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
-  mean = rng.uniform(0, 255, mean_shape).astype(np.float32)
-  for seed in range(12):
-    got = T.train_view(image, np.random.default_rng(seed), mean, crop_size=6, flip=True,
-                       pca_sigma=0.1)
-    r = np.random.default_rng(seed)  # the same draws, in order: offset, reflection, PCA
-    want = T.crop(T.subtract_mean(image, mean), *T.random_crop_offset(image.shape, 6, r), 6)
-    want = T.random_reflection(want, r)
-    want = T.pca_lighting(want, r, 0.1)
-    np.testing.assert_allclose(got, want, atol=1e-4)
-
-
-def test_resampling_only_the_kept_window_matches_resize_then_crop():
-  from PIL import Image
-  from tests import mini_imagenet
-  photo = mini_imagenet.photo().resize((500, 375), Image.BICUBIC)  # ImageNet-sized, landscape
-  got = T.resize_and_centre_crop(photo).astype(int)
-  full = np.asarray(photo.resize((341, 256), Image.BILINEAR))  # round(500 * 256 / 375) = 341
-  want = full[:, 42:298].astype(int)  # (341 - 256) // 2 = 42
-  assert np.abs(got - want).max() <= 1 and np.abs(got - want).mean() < 0.01
+def test_centre_view_is_the_centre_crop_of_the_prepared_image():
+  image = np.random.default_rng(3).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  view, window = T.centre_view(image, 40, 32)
+  np.testing.assert_array_equal(view, image[4:36, 9:41])  # 50 -> central 40, then centre 32
+  np.testing.assert_array_equal(window, [4, 4, 0])
+  view, window = T.centre_view(image[:40, :40], 40)
+  np.testing.assert_array_equal(view, image[:40, :40])
+  np.testing.assert_array_equal(window, [0, 0, 0])

@@ -1,36 +1,35 @@
-"""The streaming loader (alexnet_jax/streaming.py): deterministic for a seed, the same with
-any number of decode threads or processes, resumable at exactly the next batch, sharded by rows."""
+"""The stream loader (alexnet_jax/data/stream.py): deterministic for a seed, the same with
+any number of decode threads or processes, resumable at exactly the next batch, sharded by
+rows, and the paper's view once the device has normalised it (tests/reference.py)."""
 
 import io
 
+import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import streaming
-from alexnet_jax import transforms
-from tests import mini_imagenet
+from alexnet_jax import pixels, sharding
+from alexnet_jax.data import batching
+from alexnet_jax.data import stream
+from alexnet_jax.data import transforms
+from alexnet_jax.errors import BadDataError
+from tests import helpers, reference
 
-AUGMENT = streaming.Augment(prepared_size=32, crop_size=24)
+AUGMENT = stream.Augment(prepared_size=32, crop_size=24)
 
 
 @pytest.fixture(scope='module')
 def source():
   """20 JPEGs of various sizes and aspect ratios, cut from a real photograph."""
-  photo = mini_imagenet.photo()
-  rng = np.random.default_rng(0)
-  records = []
-  for i in range(20):
-    x, y = int(rng.integers(0, 300)), int(rng.integers(0, 300))
-    image = photo.crop((x, y, x + 200, y + 200)).resize(
-        (int(rng.integers(40, 90)), int(rng.integers(40, 90))))
-    out = io.BytesIO()
-    image.save(out, 'JPEG', quality=90)
-    records.append({'image': out.getvalue(), 'label': i % 5})
-  return records
+  return helpers.jpeg_records(20, sizes=(40, 90), classes=5)
 
 
 def loader(source, seed=1, threads=0, processes=0, batch=4, augment=AUGMENT):
-  return streaming.StreamTrainLoader(source, batch, seed, augment, threads, processes)
+  return stream.StreamLoader(source, batch, seed, augment, threads, processes)
+
+
+def single_device_layout():
+  return sharding.Layout(sharding.make_mesh(1, 1, jax.devices()[:1]), 'towers')
 
 
 def assert_same(a, b):
@@ -40,16 +39,6 @@ def assert_same(a, b):
   for key in xa:
     np.testing.assert_array_equal(xa[key], xb[key])
   np.testing.assert_array_equal(ya, yb)
-
-
-def test_decode_prepares_the_paper_image(source):
-  from PIL import Image
-  image = streaming.decode(source[0]['image'], 32)
-  assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-  want = transforms.resize_and_centre_crop(Image.open(io.BytesIO(source[0]['image'])), 32)
-  np.testing.assert_array_equal(image, want)
-  assert streaming.decode(image, 0).shape == (32, 32, 3)  # arrays pass through
-  assert streaming.decode(source[0]['image'], 16, channels=1).shape == (16, 16, 1)
 
 
 def test_same_seed_same_batches_other_seed_other_batches(source):
@@ -81,10 +70,10 @@ def test_rows_of_a_process_are_the_rows_of_the_global_batch(source):
 
 
 def test_switches_off_give_the_prepared_image(source):
-  plain = streaming.Augment(prepared_size=32, crop_size=0, flip=False, pca_sigma=0)
+  plain = stream.Augment(prepared_size=32, crop_size=0, flip=False, pca_sigma=0)
   l = loader(source, augment=plain)
   x, _ = l.host_batch(0)
-  want = np.stack([streaming.decode(source[i]['image'], 32) for i in l.indices(0)])
+  want = np.stack([transforms.decode(source[i]['image'], 32) for i in l.indices(0)])
   np.testing.assert_array_equal(x['pixels'], want)
   np.testing.assert_array_equal(x['window'], 0)
   np.testing.assert_array_equal(x['shift'], 0)
@@ -92,32 +81,30 @@ def test_switches_off_give_the_prepared_image(source):
 
 @pytest.mark.parametrize('mean_shape', [(32, 32, 3), (3,)])
 def test_the_device_half_gives_the_paper_view(source, mean_shape):
-  """What the step computes from a host batch (input_pipeline.normalize, on the device)
-  equals transforms.train_view, the numpy reference of the whole view."""
-  import jax
-  from alexnet_jax import input_pipeline
+  """What the step computes from a host batch (pixels.normalize, on the device) equals the
+  paper's view composed step by step in float64 (reference.train_view)."""
   mean = np.random.default_rng(0).uniform(0, 255, mean_shape).astype(np.float32)
   l = loader(source)
   flips = []
   for step in (0, 1, 2, 6):
     x, _ = l.host_batch(step)
     flips += list(x['window'][:, 2])
-    got = np.asarray(jax.jit(input_pipeline.normalize)(x, mean))
+    got = np.asarray(jax.jit(pixels.normalize)(x, mean))
     assert got.dtype == np.float32
     for j, i in enumerate(l.indices(step)):
-      prepared = streaming.decode(source[i]['image'], 32)
-      want = transforms.train_view(prepared, np.random.default_rng([1, step, j]), mean,
-                                   crop_size=24, flip=True, pca_sigma=0.1)
+      prepared = transforms.decode(source[i]['image'], 32)
+      want = reference.train_view(prepared, np.random.default_rng([1, step, j]), mean,
+                                  crop_size=24, flip=True, pca_sigma=0.1)
       np.testing.assert_allclose(got[j], want, rtol=0, atol=1e-4)
   assert 0 < sum(flips) < len(flips)  # reflected and plain views both checked
 
 
 def test_eval_views(source):
-  centre, window = streaming.eval_views(source[1], AUGMENT)
-  prepared = streaming.decode(source[1]['image'], 32)
+  centre, window = stream.eval_views(source[1], AUGMENT)
+  prepared = transforms.decode(source[1]['image'], 32)
   np.testing.assert_array_equal(centre, prepared[4:28, 4:28])
   np.testing.assert_array_equal(window, [4, 4, 0])
-  ten, windows = streaming.eval_views(source[1], AUGMENT, ten_crop=True)
+  ten, windows = stream.eval_views(source[1], AUGMENT, ten_crop=True)
   assert ten.shape == (10, 24, 24, 3)
   np.testing.assert_array_equal(ten[4], centre)
   np.testing.assert_array_equal(ten[9], centre)  # reflected by the device (windows[9, 2])
@@ -143,8 +130,6 @@ def test_grain_worker_processes_give_the_same_batches(source):
 
 
 def test_batches_are_placed_with_the_mesh_batch_sharding(source):
-  import jax
-  from alexnet_jax import sharding
   layout = sharding.Layout(sharding.make_mesh(4, 2, jax.devices()[:8]), 'towers')
   l = loader(source, batch=4)
   got = list(l.batches(1, 3, layout.batch_sharding(), layout.label_sharding()))
@@ -159,7 +144,7 @@ def test_records_that_fail_to_decode_are_counted_skipped_and_stop_the_run(source
   broken = list(source)
   broken[3] = {'image': b'not a jpeg', 'label': 3, 'file_name': b'n0_broken.JPEG'}
   broken[4] = dict(broken[4], image=broken[4]['image'][:40])  # truncated JPEG
-  l = streaming.StreamTrainLoader(broken, 4, 1, AUGMENT, threads=2, max_bad_records=5)
+  l = stream.StreamLoader(broken, 4, 1, AUGMENT, threads=2, max_bad_records=5)
   good = loader(source)
   with caplog.at_level('WARNING'):
     batches = list(l.host_batches(0, 5))  # one epoch: records 3 and 4 each seen once
@@ -172,12 +157,12 @@ def test_records_that_fail_to_decode_are_counted_skipped_and_stop_the_run(source
     want = [5 if i in (3, 4) else i for i in idx]
     np.testing.assert_array_equal(y, [source[i]['label'] for i in want])
     for j, i in enumerate(want):
-      view, window, shift = good.view(source[i], step, j)
+      view, window, shift = good.view(transforms.decode(source[i]['image'], 32), step, j)
       np.testing.assert_array_equal(x['pixels'][j], view)
       np.testing.assert_array_equal(x['window'][j], window)
       np.testing.assert_array_equal(x['shift'][j], shift)
-  strict = streaming.StreamTrainLoader(broken, 4, 1, AUGMENT, max_bad_records=1)
-  with pytest.raises(streaming.BadDataError, match='max_bad_records=1'):
+  strict = stream.StreamLoader(broken, 4, 1, AUGMENT, max_bad_records=1)
+  with pytest.raises(BadDataError, match='max_bad_records=1'):
     list(strict.host_batches(0, 5))
 
 
@@ -192,7 +177,7 @@ def test_pixel_statistics_by_hand():
   a = np.broadcast_to(np.array([145, 162, 162], np.uint8), (4, 4, 3)).copy()
   b = np.broadcast_to(np.array([111, 94, 94], np.uint8), (4, 4, 3)).copy()
   source = [{'image': png(a)}, {'image': png(b)}, {'image': b'broken'}]
-  stats = streaming.pixel_statistics(source, prepared_size=4)
+  stats = stream.pixel_statistics(source, prepared_size=4)
   assert stats['count'] == 2 and stats['bad'] == 1
   np.testing.assert_allclose(stats['mean'], 128)
   d = np.array([17, 34, 34]) / 255  # each image's offset from the mean, 0-1 scale
@@ -200,50 +185,45 @@ def test_pixel_statistics_by_hand():
   np.testing.assert_allclose(stats['eigvec'][:, 0], -d / np.linalg.norm(d), atol=1e-9)
 
 
-def test_a_crop_larger_than_the_image_is_a_config_error_not_bad_data(source):
-  from alexnet_jax.errors import ConfigError
-  with pytest.raises(ConfigError, match='crop_size=40'):
-    streaming.StreamTrainLoader(source, 4, 0, streaming.Augment(prepared_size=32,
-                                                               crop_size=40))
-  unprepared = streaming.StreamTrainLoader(
-      source, 4, 0, streaming.Augment(prepared_size=0, crop_size=100))
+def test_a_crop_larger_than_the_image_is_an_error_not_bad_data(source):
+  unprepared = stream.StreamLoader(source, 4, 0, stream.Augment(prepared_size=0, crop_size=100))
   with pytest.raises(ValueError, match='Cannot take a 100x100 crop'):
     unprepared.host_batch(0)
   assert unprepared.bad_records == 0
 
 
+def eval_batches(records, batch, layout, ten_crop=False):
+  return list(batching.eval_batches(len(records), lambda idx: stream.eval_reader(
+      records, AUGMENT)(idx, ten_crop), batch, layout.batch_sharding(), layout.label_sharding()))
+
+
 def test_eval_batches_cover_the_split_once_with_padding(source):
-  import jax
-  from alexnet_jax import input_pipeline, sharding
-  layout = sharding.Layout(sharding.make_mesh(1, 1, jax.devices()[:1]), 'towers')
+  layout = single_device_layout()
   mean = np.array([127.3, 119.7, 104.9], np.float32)
-  got = list(streaming.eval_batches(source[:7], AUGMENT, 4, layout.batch_sharding(),
-                                    layout.label_sharding()))
+  got = eval_batches(source[:7], 4, layout)
   assert len(got) == 2
-  images = np.concatenate([np.asarray(input_pipeline.normalize(jax.device_get(x), mean))
+  images = np.concatenate([np.asarray(pixels.normalize(jax.device_get(x), mean))
                            for x, _, _ in got])
   labels = np.concatenate([np.asarray(y) for _, y, _ in got])
   weights = np.concatenate([np.asarray(w) for _, _, w in got])
   np.testing.assert_array_equal(weights, [1] * 7 + [0])
   np.testing.assert_array_equal(labels, [r['label'] for r in source[:7]] + [source[6]['label']])
   for i in range(7):  # the centre 24x24 of the prepared 32x32, minus the channel means
-    want = streaming.decode(source[i]['image'], 32)[4:28, 4:28].astype(np.float32) - mean
+    want = transforms.decode(source[i]['image'], 32)[4:28, 4:28].astype(np.float32) - mean
     np.testing.assert_array_equal(images[i], want)
-  ten = list(streaming.eval_batches(source[:4], AUGMENT, 4, layout.batch_sharding(),
-                                    layout.label_sharding(), ten_crop=True))
+  ten = eval_batches(source[:4], 4, layout, ten_crop=True)
   pixel_mean = np.random.default_rng(1).uniform(0, 255, (32, 32, 3)).astype(np.float32)
-  x = np.asarray(input_pipeline.normalize(jax.device_get(ten[0][0]), pixel_mean))
+  x = np.asarray(pixels.normalize(jax.device_get(ten[0][0]), pixel_mean))
   assert x.shape == (4, 10, 24, 24, 3)
-  prepared = streaming.decode(source[2]['image'], 32).astype(np.float32) - pixel_mean
+  prepared = transforms.decode(source[2]['image'], 32).astype(np.float32) - pixel_mean
   np.testing.assert_allclose(x[2, 3], prepared[8:, 8:], atol=1e-4)  # bottom-right corner
   np.testing.assert_allclose(x[2, 8], prepared[8:, 8:][:, ::-1], atol=1e-4)  # reflected
   x = np.asarray(ten[0][0]['pixels'])
   assert x.shape == (4, 10, 24, 24, 3)
-  prepared = streaming.decode(source[2]['image'], 32)
+  prepared = transforms.decode(source[2]['image'], 32)
   np.testing.assert_array_equal(x[2, 3], prepared[8:, 8:])  # bottom-right corner
   np.testing.assert_array_equal(x[2, 8], prepared[8:, 8:])  # the device reflects it:
   np.testing.assert_array_equal(np.asarray(ten[0][0]['window'])[2, 8], [8, 8, 1])
-  broken = list(source[:3]) + [{'image': b'junk', 'label': 0}]
-  with pytest.raises(streaming.BadDataError, match='Evaluation record 3'):
-    list(streaming.eval_batches(broken, AUGMENT, 4, layout.batch_sharding(),
-                                layout.label_sharding()))
+  broken = list(source[:3]) + [{'image': b'junk', 'label': 0, 'file_name': b'c/junk.jpg'}]
+  with pytest.raises(BadDataError, match=r'Evaluation record 3 \(c/junk.jpg\)'):
+    eval_batches(broken, 4, layout)

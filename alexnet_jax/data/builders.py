@@ -1,0 +1,244 @@
+"""The tfds builders this project adds, none of which needs TensorFlow to prepare or read.
+
+  FashionMnistIdx    Fashion-MNIST from its idx files (Debian re-gzips them, so tfds's own
+                     builder, which checks their hashes, cannot use them offline)
+  Imagenet2012NoTF   tfds's own imagenet2012 builder with its TensorFlow calls replaced
+  ImageFolderNoTF    <root>/<split>/<class>/<image> (tfds's ImageFolder lists files with
+                     tf.io.gfile and reads only through tf.data)
+  PreparedImages     another prepared dataset's images stored once at a fixed size, as the
+                     paper stored ImageNet (shorter side 256, central 256x256, JPEG)
+
+Each stores array_record, which `builder.as_data_source` reads with random access. Importing
+this module imports tfds; `alexnet_jax.data.sources` imports it only when a dataset is built.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import logging
+import os
+import pathlib
+import struct
+import tarfile
+
+from etils import epath
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as official
+from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+from alexnet_jax.data import transforms
+from alexnet_jax.errors import BadDataError
+
+FASHION_MNIST_FILES = {
+    'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+    'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
+}
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
+                         'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.ppm', '.webp', '.tif', '.tiff')
+
+
+def read_idx(path) -> np.ndarray:
+  """Reads a (gzipped) idx file: big-endian header, then uint8 data."""
+  opener = gzip.open if str(path).endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    zero, dtype_code, ndim = struct.unpack('>HBB', f.read(4))
+    if zero != 0 or dtype_code != 0x08:
+      raise ValueError(f'{path} is not a uint8 idx file.')
+    dims = struct.unpack('>' + 'I' * ndim, f.read(4 * ndim))
+    return np.frombuffer(f.read(), np.uint8).reshape(dims)
+
+
+class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Fashion-MNIST from its idx files in a directory (manual_dir)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, '
+      't10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in manual_dir.')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description='Fashion-MNIST (Zalando, MIT licence) read from idx files.',
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(28, 28, 1)),
+            'label': tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
+        }),
+        supervised_keys=('image', 'label'),
+        disable_shuffling=True,  # keep the files' order: example i is image i
+        homepage='https://github.com/zalandoresearch/fashion-mnist')
+
+  def _split_generators(self, dl_manager):
+    d = pathlib.Path(dl_manager.manual_dir)
+    return {split: self._generate_examples(d / images, d / labels)
+            for split, (images, labels) in FASHION_MNIST_FILES.items()}
+
+  def _generate_examples(self, images_path, labels_path):
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    for i, (image, label) in enumerate(zip(images, labels)):
+      # PIL images are PNG-encoded by tfds without TensorFlow.
+      yield i, {'image': Image.fromarray(image, mode='L'), 'label': int(label)}
+
+
+def _iter_tar(path):
+  """(name, file object) of each member of a tar, without TensorFlow (tfds's
+  `dl_manager.iter_archive` opens paths with tf.io.gfile)."""
+  with open(path, 'rb') as f:
+    yield from tfds.download.iter_archive(f, tfds.download.ExtractMethod.TAR_STREAM)
+
+
+class Imagenet2012NoTF(official.Builder, skip_registration=True):
+  """tfds's own imagenet2012 builder with its three TensorFlow calls replaced.
+
+  tfds 4.9.10's `imagenet2012` builder cannot prepare without TensorFlow: it checks the tars
+  with `tf.io.gfile.exists`, reads the validation labels and the val tar's names through
+  `tf.io.gfile.GFile`, opens the archives through `dl_manager.iter_archive` (tf.io.gfile
+  again), and re-encodes its 22 CMYK JPEGs and 1 PNG with `tf.image`. This subclass keeps
+  everything else (features, label names, validation labels, `_generate_examples`, version
+  5.1.0) and writes to the same `<data_dir>/imagenet2012/5.1.0`, so `tfds.builder(
+  'imagenet2012', data_dir=...)` reads the result as prepared."""
+
+  name = 'imagenet2012'
+  pkg_dir_path = epath.Path(official.__file__).parent  # metadata of the official builder
+
+  def _split_generators(self, dl_manager):
+    train, val = (os.path.join(dl_manager.manual_dir, n) for n in IMAGENET_TARS)
+    labels_path = tfds.core.tfds_path(imagenet_common._VALIDATION_LABELS_FNAME)  # pylint: disable=protected-access
+    labels = labels_path.read_text().strip().splitlines()
+    with tarfile.open(val) as tar:  # labels are listed in the order of the sorted names
+      val_labels = dict(zip(sorted(tar.getnames()), labels))
+    return [
+        tfds.core.SplitGenerator(name=tfds.Split.TRAIN,
+                                 gen_kwargs={'archive': _iter_tar(train)}),
+        tfds.core.SplitGenerator(name=tfds.Split.VALIDATION,
+                                 gen_kwargs={'archive': _iter_tar(val),
+                                             'validation_labels': val_labels}),
+    ]
+
+  def _fix_image(self, image_fname, image):
+    """The official fix (CMYK and PNG files to RGB JPEG, quality 100) with Pillow."""
+    if image_fname not in official.CMYK_IMAGES and image_fname not in official.PNG_IMAGES:
+      return image
+    out = io.BytesIO()
+    Image.open(image).convert('RGB').save(out, 'JPEG', quality=100)
+    out.seek(0)
+    return out
+
+
+def folder_files(split_dir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
+  """{class: sorted image files} of one split folder."""
+  return {c.name: sorted(f for f in c.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+          for c in sorted(split_dir.iterdir()) if c.is_dir()}
+
+
+class ImageFolderNoTF(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Images in class subfolders of split folders, stored as they are (no re-encoding)."""
+
+  name = 'image_folder'
+  VERSION = tfds.core.Version('1.0.0')
+
+  def __init__(self, *, root: str, **kwargs):
+    self.root = pathlib.Path(root).expanduser().resolve()
+    split_dirs = [d for d in sorted(self.root.iterdir()) if d.is_dir()] if (
+        self.root.is_dir()) else []
+    splits = {d.name: folder_files(d) for d in split_dirs}
+    self.splits = {k: v for k, v in splits.items() if any(v.values())}
+    self._classes = sorted({c for files in self.splits.values() for c in files})
+    # The config names the folder and its listing: a changed folder is a new dataset.
+    listing = '\n'.join(f'{s}/{c}/{f.name}' for s, files in self.splits.items()
+                        for c, fs in files.items() for f in fs)
+    digest = hashlib.sha256(f'{self.root}\n{listing}'.encode()).hexdigest()[:12]
+    super().__init__(config=tfds.core.BuilderConfig(name=f'{self.root.name}_{digest}'),
+                     **kwargs)
+    # tfds pickles a builder (e.g. its data source, for grain's worker processes) as its
+    # __init__ arguments: ours, not the config made from them.
+    self._original_state = dict(kwargs, root=root)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f'Images in class subfolders of {self.root}.',
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(),
+            'label': tfds.features.ClassLabel(names=self._classes),
+            'file_name': tfds.features.Text(),
+        }),
+        supervised_keys=('image', 'label'),
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(files) for split, files in self.splits.items()}
+
+  def _generate_examples(self, files):
+    for label, paths in files.items():
+      for path in paths:
+        name = f'{label}/{path.name}'
+        yield name, {'image': path.read_bytes(), 'label': label, 'file_name': name}
+
+
+class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Images of a source dataset, resized and centre-cropped once
+  (`transforms.resize_and_centre_crop`) and stored as JPEG."""
+
+  name = 'prepared_images'
+  VERSION = tfds.core.Version('1.0.0')
+
+  def __init__(self, *, source, size: int, quality: int, max_bad_records: int = 100,
+               **kwargs):
+    self._source, self._size, self._quality = source, size, quality
+    self._max_bad, self._bad = max_bad_records, 0
+    config = tfds.core.BuilderConfig(
+        name=f'{source.name}_{source.builder_config.name + "_" if source.builder_config else ""}'
+             f'{source.version}_{size}_q{quality}'.replace('.', '_'))
+    super().__init__(config=config, **kwargs)
+    self._original_state = dict(kwargs, source=source, size=size, quality=quality,
+                                max_bad_records=max_bad_records)
+
+  def _info(self):
+    features = self._source.info.features
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(f'{self._source.name} {self._source.version}: shorter side '
+                     f'{self._size}, central {self._size}x{self._size}, JPEG quality '
+                     f'{self._quality}, 4:4:4.'),
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(
+                shape=(self._size, self._size, features['image'].shape[-1] or 3),
+                encoding_format='jpeg'),
+            'label': tfds.features.ClassLabel(names=features['label'].names),
+        }),
+        supervised_keys=('image', 'label'),
+        disable_shuffling=True)  # keep the source's order
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in self._source.info.splits}
+
+  def _generate_examples(self, split):
+    source = self._source.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+    channels = self._source.info.features['image'].shape[-1] or 3
+    for i in range(len(source)):
+      example = source[i]
+      try:
+        array = transforms.decode(example['image'], self._size, channels)
+      except transforms.DECODE_ERRORS as e:
+        self._bad += 1
+        name = transforms.record_name(example)
+        logging.warning('Not storing %s record %d%s, which fails to decode (%d so far): %s',
+                        split, i, name, self._bad, e)
+        if self._bad > self._max_bad >= 0:
+          raise BadDataError(f'{self._bad} records of {self._source.name} failed to decode, '
+                             f'more than data.max_bad_records={self._max_bad}; the last: '
+                             f'{split} record {i}{name}: {e}.') from e
+        continue
+      out = io.BytesIO()
+      Image.fromarray(array[..., 0] if channels == 1 else array).save(
+          out, 'JPEG', quality=self._quality, subsampling=0)  # 4:4:4: full-resolution colour
+      yield i, {'image': out.getvalue(), 'label': int(example['label'])}

@@ -1,0 +1,213 @@
+"""Where the images come from: prepared tfds builders by dataset name, and their splits.
+
+`builder_for(name, ...)` returns a prepared tfds builder, building it on first use:
+
+  fashion_mnist  a prepared tfds `fashion_mnist` in data_dir, else its idx files
+                 (train-images-idx3-ubyte.gz, ...) in the first of data.manual_dir, Debian's
+                 /usr/share/datasets/fashion-mnist (package dataset-fashion-mnist: the full
+                 70,000 images) and the subset embedded in this repository (data/fashion_mnist,
+                 12,000 images), built into data_dir (`builders.FashionMnistIdx`)
+  imagenet2012   the manual download (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar) in
+                 manual_dir, prepared by tfds's own builder without TensorFlow
+  image_folder   data.folder, laid out as <split>/<class>/<image>
+  any other      a tfds dataset already prepared in data_dir as array_record
+
+Splits are read through tfds data sources (array_record, random access): training needs
+neither TensorFlow nor the network. tfds is imported only when a function here needs it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import pathlib
+import struct
+
+import numpy as np
+
+from alexnet_jax.errors import ConfigError, DatasetNotFoundError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+EMBEDDED_FASHION_MNIST = REPO_ROOT / 'data' / 'fashion_mnist'
+DEBIAN_FASHION_MNIST = pathlib.Path('/usr/share/datasets/fashion-mnist')
+FASHION_MNIST_IDX = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
+                     't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
+IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+
+
+def idx_counts(directory: pathlib.Path) -> dict[str, int]:
+  """Number of examples of each split, read from the label files' headers."""
+  counts = {}
+  for split, labels in (('train', FASHION_MNIST_IDX[1]), ('test', FASHION_MNIST_IDX[3])):
+    with gzip.open(directory / labels, 'rb') as f:
+      counts[split] = struct.unpack('>II', f.read(8))[1]
+  return counts
+
+
+def find_fashion_mnist_files(manual_dir: str | None) -> pathlib.Path:
+  """The first directory holding the four idx files, or one sentence saying where to put them."""
+  candidates = [pathlib.Path(manual_dir).expanduser()] if manual_dir else []
+  candidates += [DEBIAN_FASHION_MNIST, EMBEDDED_FASHION_MNIST]
+  for d in candidates:
+    if all((d / n).is_file() for n in FASHION_MNIST_IDX):
+      return d
+  raise DatasetNotFoundError(
+      f'Fashion-MNIST not found: put {", ".join(FASHION_MNIST_IDX)} in data.manual_dir '
+      f'(or install the Debian package dataset-fashion-mnist); looked in '
+      f'{", ".join(str(c) for c in candidates)}.')
+
+
+def _prepare(builder, what: str, **kwargs):
+  """`builder`, prepared into its data_dir if it is not yet."""
+  if not builder.is_prepared():
+    logging.info('Preparing %s into %s.', what, builder.data_dir)
+    builder.download_and_prepare(**kwargs)
+  return builder
+
+
+def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None):
+  """A prepared tfds builder for Fashion-MNIST, building it from idx files if needed."""
+  import tensorflow_datasets as tfds
+
+  official = tfds.builder('fashion_mnist', data_dir=data_dir)
+  if official.is_prepared():
+    return official
+  from alexnet_jax.data import builders
+  source = find_fashion_mnist_files(manual_dir)
+  counts = idx_counts(source)
+  name = 'full' if counts == {'train': 60_000, 'test': 10_000} else (
+      f'subset{counts["train"]}x{counts["test"]}')
+  builder = builders.FashionMnistIdx(data_dir=data_dir, config=tfds.core.BuilderConfig(name=name),
+                                     file_format='array_record')
+  return _prepare(builder, f'Fashion-MNIST from {source}',
+                  download_config=tfds.download.DownloadConfig(manual_dir=str(source)))
+
+
+def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None):
+  """The prepared tfds imagenet2012 (train and validation, array_record) in `data_dir`,
+  built without TensorFlow from ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
+  `manual_dir` if it is not prepared yet. The JPEGs are stored as they are in the tars."""
+  import tensorflow_datasets as tfds
+
+  official = tfds.builder('imagenet2012', data_dir=data_dir)
+  if official.is_prepared():
+    return official
+  where = pathlib.Path(manual_dir).expanduser() if manual_dir else None
+  if where is None or not all((where / n).is_file() for n in IMAGENET_TARS):
+    raise DatasetNotFoundError(
+        f'ImageNet not found: put {IMAGENET_TARS[0]} and {IMAGENET_TARS[1]} (from '
+        f'image-net.org) in data.manual_dir ({where or "not set"}), or a prepared tfds '
+        f'imagenet2012 in data.data_dir ({official.data_dir}).')
+  from alexnet_jax.data import builders
+  builder = builders.Imagenet2012NoTF(data_dir=data_dir, file_format='array_record')
+  _prepare(builder, f'imagenet2012 from {where}',
+           download_config=tfds.download.DownloadConfig(manual_dir=str(where)))
+  return tfds.builder('imagenet2012', data_dir=data_dir)
+
+
+def image_folder_builder(root: str, data_dir: str | None):
+  """The prepared tfds dataset of a folder <root>/<split>/<class>/<image> (splits such as
+  train/ and test/), built into `data_dir` on first use."""
+  path = pathlib.Path(root).expanduser()
+  if not path.is_dir():
+    raise DatasetNotFoundError(
+        f'Image folder {path} not found: put the images in {path}/<split>/<class>/ '
+        '(e.g. train/cat/1.jpg, test/cat/2.jpg) and set data.folder to it.')
+  from alexnet_jax.data import builders
+  builder = builders.ImageFolderNoTF(root=str(path), data_dir=data_dir,
+                                     file_format='array_record')
+  if not builder.splits:
+    raise DatasetNotFoundError(
+        f'No images in {path}/<split>/<class>/: put them in folders such as '
+        f'{path}/train/<class>/ and {path}/test/<class>/ '
+        f'({", ".join(builders.IMAGE_SUFFIXES)}).')
+  return _prepare(builder, f'the image folder {path}')
+
+
+def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
+                    quality: int = 95, max_bad_records: int = 100):
+  """The paper's stored images ("optionally prepared once and stored"): every split of the
+  prepared `source_builder` with images resized so that the shorter side is `size` and
+  centre-cropped to size x size, JPEG-encoded, as a tfds array_record dataset in
+  `data_dir`, built on first use. Training then decodes small images and only crops.
+  Records that fail to decode are left out with a warning, up to `max_bad_records` (-1: any),
+  past which the preparation stops."""
+  from alexnet_jax.data import builders
+  builder = builders.PreparedImages(source=source_builder, size=size, quality=quality,
+                                    data_dir=data_dir, file_format='array_record',
+                                    max_bad_records=max_bad_records)
+  return _prepare(builder, f'{source_builder.name} at {size}x{size}')
+
+
+def process_zero_first(make):
+  """`make()` (which may build a dataset into data_dir) on process 0 first, then, after a
+  barrier, on the other processes, which then find it prepared where data_dir is shared
+  (on hosts with their own disks, each builds its own copy after the barrier)."""
+  import jax
+  if jax.process_count() == 1:
+    return make()
+  from jax.experimental import multihost_utils
+  result = make() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices('alexnet_jax: dataset prepared on process 0')
+  return result if jax.process_index() == 0 else make()
+
+
+def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
+                folder: str | None = None):
+  """The prepared tfds builder of a dataset name (module docstring)."""
+  import tensorflow_datasets as tfds
+
+  if name == 'fashion_mnist':
+    return fashion_mnist_builder(data_dir, manual_dir)
+  if name == 'imagenet2012':
+    return prepare_imagenet2012(data_dir, manual_dir)
+  if name == 'image_folder':
+    if not folder:
+      raise ConfigError('dataset=image_folder needs data.folder, a folder of '
+                        '<split>/<class>/<image> files.')
+    return image_folder_builder(folder, data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # unknown name: tfds lists close matches
+    raise DatasetNotFoundError(f'dataset={name!r} is not a tfds dataset: {e}') from None
+  if not builder.is_prepared():
+    instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+    where = (f'put its manual-download files in data.manual_dir ({manual_dir or "not set"})'
+             if instructions else f'prepare it with `tfds build {name} --data_dir=...`')
+    raise DatasetNotFoundError(f'Dataset {name} is not prepared in {builder.data_dir}: {where}.')
+  return builder
+
+
+def split_source(builder, split: str, decode_images: bool = False):
+  """A split as a random-access tfds data source (array_record, no TensorFlow). Images stay
+  encoded bytes unless `decode_images`."""
+  import tensorflow_datasets as tfds
+  if split not in builder.info.splits:
+    raise ConfigError(f'{builder.name} has no split {split!r}; it has '
+                      f'{", ".join(sorted(builder.info.splits))} (data.train_split, '
+                      'data.eval_split).')
+  if builder.info.file_format.value != 'array_record':
+    raise ConfigError(f'{builder.name} in {builder.data_dir} is stored as '
+                      f'{builder.info.file_format.value}, which needs TensorFlow to read; '
+                      f'rebuild it with `tfds build {builder.name} --file_format=array_record`.')
+  if decode_images:
+    return builder.as_data_source(split)
+  return builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+
+
+def load_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """All images (N, H, W, C uint8) and labels of a small split of images of one size,
+  decoded once."""
+  if None in builder.info.features['image'].shape:
+    raise ConfigError(
+        f'{builder.name} has images of varying size, which data.pipeline=memory cannot batch; '
+        'use data.pipeline=stream (images resized to data.prepared_size).')
+  source = split_source(builder, split, decode_images=True)
+  examples = source.__getitems__(range(len(source)))
+  images = np.stack([ex['image'] for ex in examples])
+  labels = np.array([ex['label'] for ex in examples], np.int32)
+  return images, labels
+
+
+def class_names(builder) -> tuple[str, ...]:
+  return tuple(builder.info.features['label'].names)

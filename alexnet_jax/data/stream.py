@@ -1,0 +1,282 @@
+"""The stream loader: datasets of encoded images of any size (ImageNet, image folders),
+decoded every step in parallel, as the paper prepared them.
+
+Images are read one by one from a random-access source (a tfds data source with
+`SkipDecoding`, or any sequence of {'image': encoded bytes or uint8 array, 'label': int}),
+decoded and prepared with Pillow (`transforms.decode`: shorter side 256, central 256x256)
+and cut into training views (`transforms.train_crop`). Nothing here needs TensorFlow.
+
+Parallel decode (`host_batches`): `grain.MapDataset.range(start, stop).map(...)`, each
+element one step's rows for this process, in step order, computed by `threads` threads
+(Pillow releases the GIL while it decodes and resizes) in this process or, with
+`processes` > 0, in each of that many grain worker processes (`mp_prefetch`; batches then
+come back through shared memory). Batch `step` is the same whatever the threads, processes
+or hosts (`batching.EpochOrder`).
+
+A training record that fails to decode is replaced by the next record of the source that
+decodes (a deterministic choice), counted and logged with its file name; past
+`max_bad_records` the run stops. An eval record that fails stops the evaluation, since
+skipping it would change the reported accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from alexnet_jax import pixels
+from alexnet_jax.data import batching
+from alexnet_jax.data import sources
+from alexnet_jax.data import transforms
+from alexnet_jax.errors import BadDataError, ConfigError
+
+PCA_SOURCES = ('imagenet', 'statistics')  # the card's constants, or the training set's
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """The training view's switches (each can be off for ablations and small images)."""
+  prepared_size: int = transforms.PREPARED_SIZE  # 0: use the images as they are
+  crop_size: int = transforms.CROP_SIZE  # 0: no random crop
+  flip: bool = True
+  pca_sigma: float = 0.1  # 0: no PCA lighting
+  eigval: tuple[float, ...] = tuple(transforms.IMAGENET_EIGVAL)
+  eigvec: tuple[tuple[float, ...], ...] = tuple(map(tuple, transforms.IMAGENET_EIGVEC))
+  channels: int = 3
+
+  def prepare(self, record: dict) -> np.ndarray:
+    return transforms.decode(record['image'], self.prepared_size, self.channels)
+
+
+def _get(source, indices: Sequence[int]) -> list[dict]:
+  getitems = getattr(source, '__getitems__', None)
+  if getitems is not None:
+    return list(getitems(list(indices)))
+  return [source[int(i)] for i in indices]
+
+
+class StreamLoader(batching.EpochOrder):
+  """Deterministic, resumable training batches decoded from a random-access source."""
+
+  def __init__(self, source, global_batch: int, seed: int, augment: Augment = Augment(),
+               threads: int = 0, processes: int = 0, max_bad_records: int = 100):
+    super().__init__(len(source), global_batch, seed)
+    self.source, self.augment = source, augment
+    self.threads, self.processes = threads, processes
+    self.max_bad_records = max_bad_records
+    self.bad_records = 0  # records that failed to decode in this loader's batches so far
+    self._eigval = np.asarray(augment.eigval, np.float64)
+    self._eigvec = np.asarray(augment.eigvec, np.float64)
+
+  def view(self, image: np.ndarray, step: int, j: int):
+    """Example j of batch `step` of a prepared image: (uint8 view, window, PCA shift) of
+    `transforms.train_crop`."""
+    a = self.augment
+    return transforms.train_crop(
+        image, np.random.default_rng([self.seed, step, j]), crop_size=a.crop_size or None,
+        flip=a.flip, pca_sigma=a.pca_sigma, eigval=self._eigval, eigvec=self._eigvec)
+
+  def _decodable(self, index: int, record: dict, bad: dict):
+    """The prepared image of `record` and its label; a record that fails to decode is noted
+    in `bad` ({index: message}, so each bad record counts once per batch) and replaced by
+    the next record of the source that decodes. Only decoding is guarded: an error in the
+    transforms (a crop larger than the image) is a config error and propagates."""
+    for _ in range(self.num_examples):
+      try:
+        return self.augment.prepare(record), record['label']
+      except transforms.DECODE_ERRORS as e:
+        bad[int(index)] = f'record {index}{transforms.record_name(record)}: {e}'
+        index = (index + 1) % self.num_examples
+        record = self.source[int(index)]
+    raise BadDataError('No record of the training set can be decoded.')
+
+  def read(self, step: int, rows: slice):
+    idx = self.indices(step)[rows]
+    bad: dict[int, str] = {}
+    n = rows.stop - rows.start
+    out = labels = None
+    for row, (i, record) in enumerate(zip(idx, _get(self.source, idx))):
+      image, label = self._decodable(i, record, bad)
+      view, window, shift = self.view(image, step, rows.start + row)
+      if out is None:  # views are copied straight into the batch
+        out = pixels.pixel_batch(np.empty((n, *view.shape), np.uint8),
+                                 np.empty((n, 3), np.int32),
+                                 np.empty((n, view.shape[-1]), np.float32))
+        labels = np.empty((n,), np.int32)
+      if view.shape != out['pixels'].shape[1:]:
+        raise BadDataError(f'An image is prepared as {view.shape}, not the size of the '
+                           f'batch\'s other images {out["pixels"].shape[1:]}; set '
+                           'data.prepared_size.')
+      out['pixels'][row], out['window'][row], out['shift'][row] = view, window, shift
+      labels[row] = label
+    return out, labels, list(bad.values())
+
+  def report(self, step: int, problems: list[str]) -> None:
+    for message in problems:
+      self.bad_records += 1
+      logging.warning('Skipped a training record that failed to decode (%d so far) in batch '
+                      '%d: %s', self.bad_records, step, message)
+    if problems and self.bad_records > self.max_bad_records >= 0:
+      raise BadDataError(
+          f'{self.bad_records} training records failed to decode, more than '
+          f'data.max_bad_records={self.max_bad_records}; the last: {problems[-1]}.')
+
+  def host_batches(self, start_step: int, num_steps: int, image_rows: slice | None = None,
+                   label_rows: slice | None = None) -> Iterator[tuple[dict, np.ndarray]]:
+    """host_batch(s) for s in start_step .. start_step + num_steps - 1, in order, whatever
+    the threads and processes that compute them; problems are reported here, in the calling
+    thread, whichever thread or process decoded them."""
+    if self.threads <= 0 and self.processes <= 0:
+      yield from super().host_batches(start_step, num_steps, image_rows, label_rows)
+      return
+    import grain
+    threads = max(self.threads, 1)
+    dataset = grain.MapDataset.range(start_step, start_step + num_steps).map(
+        _ReadRows(self, image_rows, label_rows)).to_iter_dataset(
+            # Batches `threads` ahead: grain's default (500 elements) would hold 500 batches.
+            grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
+    if self.processes > 0:
+      from absl import flags
+      if not flags.FLAGS.is_parsed():
+        raise ConfigError('data.processes > 0 runs grain worker processes, which read absl '
+                          'flags: parse them first (launch.py does).')
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.processes))
+    for step, (images, labels, problems) in zip(range(start_step, start_step + num_steps),
+                                                dataset):
+      self.report(step, problems)
+      yield images, labels
+
+
+class _ReadRows:
+  """step -> this process's rows of batch `step` (picklable, for grain's worker processes)."""
+
+  def __init__(self, loader: StreamLoader, image_rows, label_rows):
+    self.loader, self.image_rows, self.label_rows = loader, image_rows, label_rows
+
+  def __call__(self, step):
+    return self.loader.read_rows(int(step), self.image_rows, self.label_rows)
+
+
+def eval_views(record: dict, augment: Augment, ten_crop: bool = False):
+  """The test views of one record: (uint8 views, windows). The centre crop (crop_size of
+  the prepared image; crop_size 0: the whole image), (S, S, C) and (3,), or the 10 crops,
+  (10, S, S, C) and (10, 3), views 5-9 to be reflected on the device."""
+  image = augment.prepare(record)
+  size = augment.crop_size or image.shape[0]
+  windows = transforms.ten_crop_windows(image.shape, size)
+  if ten_crop:
+    return transforms.ten_crop_unreflected(image, size), windows
+  return transforms.centre_crop(image, size), windows[4]
+
+
+def eval_reader(source, augment: Augment):
+  """(indices, ten_crop) -> (pixel_batch, labels) of eval records; a record that fails to
+  decode stops the evaluation, naming it."""
+
+  def read(indices, ten_crop: bool):
+    views, windows, labels = [], [], []
+    for i, record in zip(indices, _get(source, indices)):
+      try:
+        view, window = eval_views(record, augment, ten_crop)
+      except transforms.DECODE_ERRORS as e:
+        raise BadDataError(f'Evaluation record {i}{transforms.record_name(record)} failed to '
+                           f'decode ({e}); the evaluation split must be readable in full.') from e
+      views.append(view)
+      windows.append(window)
+      labels.append(record['label'])
+    return pixels.pixel_batch(np.stack(views), np.stack(windows)), np.array(labels, np.int32)
+
+  return read
+
+
+def pixel_statistics(source, prepared_size: int = transforms.PREPARED_SIZE,
+                     limit: int | None = None, seed: int = 0, channels: int = 3) -> dict:
+  """`transforms.PixelStatistics.as_dict()` of the prepared training images, over all
+  records or `limit` of them drawn with `seed`, plus 'bad': records that failed to decode
+  and were skipped."""
+  n = len(source)
+  order = np.arange(n) if limit is None or limit >= n else np.sort(
+      np.random.default_rng(seed).choice(n, limit, replace=False))
+  statistics, bad = transforms.PixelStatistics(), 0
+  for i in order:
+    try:
+      statistics.add(transforms.decode(source[int(i)]['image'], prepared_size, channels))
+    except transforms.DECODE_ERRORS as e:
+      bad += 1
+      logging.warning('pixel_statistics: skipped record %d (%s).', i, e)
+  if statistics.count == 0:
+    raise BadDataError('No record could be decoded to compute the pixel statistics.')
+  return dict(statistics.as_dict(), bad=bad)
+
+
+# ---- the config's edge --------------------------------------------------------------
+
+
+def needs_statistics(d) -> bool:
+  """Whether `config.data` subtracts a mean or takes the PCA from the training set."""
+  return d.mean != 'none' or bool(d.pca_sigma and d.pca == 'statistics')
+
+
+def _statistics(config, source) -> dict:
+  """The training set's pixel statistics: from data.statistics, else computed over
+  data.statistics_examples records drawn with the seed (the same on every process and on
+  every restart, so a resumed run subtracts the same mean)."""
+  d = config.data
+  if d.statistics:
+    with np.load(os.path.expanduser(d.statistics)) as f:
+      stats = {k: f[k] for k in f.files}
+    want = (d.prepared_size, d.prepared_size, d.channels)
+    if d.mean == 'pixel' and d.prepared_size and stats['mean'].shape != want:
+      raise ConfigError(f'data.statistics={d.statistics} has a mean image of shape '
+                        f'{stats["mean"].shape}, not {want} (data.prepared_size).')
+    return stats
+  limit = d.statistics_examples or None
+  logging.info('Computing the training set\'s pixel statistics over %d images.',
+               min(limit or len(source), len(source)))
+  return pixel_statistics(source, d.prepared_size, limit, config.seed, d.channels)
+
+
+def training_builder(config):
+  """The prepared tfds builder the stream pipeline reads: the dataset's, or with
+  data.prepare_once its images stored once at data.prepared_size (as the paper did)."""
+  d = config.data
+
+  def make():
+    builder = sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
+    if d.prepare_once and d.prepared_size:
+      builder = sources.prepare_resized(builder, d.data_dir, d.prepared_size,
+                                        max_bad_records=d.max_bad_records)
+    return builder
+
+  return sources.process_zero_first(make)
+
+
+def load(config) -> batching.Data:
+  """The stream pipeline of `config` (`input_pipeline.load` with data.pipeline=stream)."""
+  d = config.data
+  builder = training_builder(config)
+  train_source = sources.split_source(builder, d.train_split)
+  eval_source = sources.split_source(builder, d.eval_split)
+  stats = _statistics(config, train_source) if needs_statistics(d) else None
+  mean = np.zeros((d.channels,), np.float32)
+  if d.mean != 'none':
+    mean = transforms.mean_to_subtract(stats['mean'], d.mean)
+  eigval, eigvec = transforms.IMAGENET_EIGVAL, transforms.IMAGENET_EIGVEC
+  if d.pca == 'statistics' and d.pca_sigma:
+    eigval, eigvec = stats['eigval'], stats['eigvec']
+  augment = Augment(prepared_size=d.prepared_size, crop_size=d.crop_size, flip=d.flip,
+                    pca_sigma=d.pca_sigma, eigval=tuple(np.asarray(eigval, float)),
+                    eigvec=tuple(map(tuple, np.asarray(eigvec, float))), channels=d.channels)
+  names = sources.class_names(builder)
+  info = batching.DataInfo(num_classes=len(names), image_size=d.image_size,
+                           channels=d.channels, num_train=len(train_source),
+                           num_eval=len(eval_source), class_names=names)
+  return batching.Data(
+      info=info, mean=mean,
+      loader=StreamLoader(train_source, config.batch_size, config.seed, augment,
+                          d.threads, d.processes, d.max_bad_records),
+      eval_read=eval_reader(eval_source, augment))

@@ -1,0 +1,285 @@
+"""The paper's host-side image operations (sections 2 and 4.1), in numpy and Pillow.
+
+Every function takes one image (H, W, C), or where it says so a batch (..., H, W, C), and
+returns a new array; randomness comes only from the `np.random.Generator` passed in, so a
+transform is a pure function of (image, rng state) and a loader that seeds its generators
+from (seed, step, example) is deterministic.
+
+  prepare:  `decode` -> `resize_and_centre_crop`: shorter side to 256, central 256x256 (uint8)
+  train:    `train_crop`: a random 224 crop, whether to reflect it, the PCA lighting shift
+  test:     `centre_crop`, the 10 crops (`ten_crop_windows`: 4 corners, centre, reflections)
+  mean/PCA: `PixelStatistics`: the training set's per-pixel mean and RGB eigenvectors
+
+The host does only the uint8 half of a view; the float half (reflection, mean, PCA shift)
+runs on the device inside the step (`alexnet_jax.pixels.normalize`), driven by each view's
+window (top, left, reflected) and shift. Pixel values stay on the 0-255 scale; the card's PCA
+constants are on the 0-1 scale and are multiplied by `PIXEL_SCALE` (255) when applied.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+
+# PCA of the RGB covariance over ImageNet's training pixels, 0-1 scale (reference card;
+# the constants of fb.resnet.torch and many ports). Eigenvectors are the columns.
+IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], np.float64)
+IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                            [-0.5808, -0.0045, -0.8140],
+                            [-0.5836, -0.6948, 0.4203]], np.float64)
+PIXEL_SCALE = 255.0
+# What Pillow raises on data it cannot decode (broken, truncated, not an image).
+DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+
+
+def record_name(record) -> str:
+  """' (<file name>)' of a dataset record that has one (image folders, ImageNet), else '':
+  what a decode error names."""
+  name = record.get('file_name', b'') if isinstance(record, dict) else b''
+  name = name.decode() if isinstance(name, bytes) else str(name)
+  return f' ({name})' if name else ''
+
+
+PREPARED_SIZE = 256  # the paper's stored images: shorter side 256, central 256x256
+CROP_SIZE = 224  # the network's input
+
+
+# ---- preparation (once per image, uint8) -----------------------------------------
+
+
+def _to_pil(image):
+  from PIL import Image
+  if isinstance(image, (bytes, bytearray, memoryview)):
+    pil = Image.open(io.BytesIO(image))
+    pil.load()
+    return pil
+  if isinstance(image, Image.Image):
+    return image
+  array = np.asarray(image, np.uint8)
+  return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array)
+
+
+def resize_and_centre_crop(image, size: int = PREPARED_SIZE,
+                           channels: int | None = None) -> np.ndarray:
+  """The paper's preparation: rescale so that the shorter side is `size` (bilinear, Pillow),
+  then the central size x size crop. `image` is a PIL image or an (H, W[, C]) uint8 array;
+  `channels` (1 or 3) converts the colour mode, None keeps it. Returns (size, size, C) uint8.
+
+  The new longer side is round(longer * size / shorter), at least `size`; the crop starts at
+  ((H' - size) // 2, (W' - size) // 2). An image whose shorter side is already `size` is not
+  resampled, only cropped.
+  """
+  from PIL import Image
+  image = _to_pil(image)
+  if channels is not None:
+    image = image.convert('L' if channels == 1 else 'RGB')
+  elif image.mode not in ('L', 'RGB'):
+    image = image.convert('RGB')
+  w, h = image.size
+  if min(w, h) == size:  # already prepared (stored at this size): no resampling
+    left, top = (w - size) // 2, (h - size) // 2
+    array = np.asarray(image if w == h else image.crop((left, top, left + size, top + size)),
+                       np.uint8)
+    return array.reshape(size, size, -1)
+  scale = size / min(w, h)
+  new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+  left, top = (new_w - size) // 2, (new_h - size) // 2
+  # Resampling only the window that the crop keeps (Pillow's `box`, in source coordinates)
+  # gives the pixels of resize-then-crop (within rounding: at most 1 of 255), about 20% faster.
+  sx, sy = w / new_w, h / new_h
+  box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+  array = np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+  return array.reshape(size, size, -1)
+
+
+def decode(image: Any, prepared_size: int, channels: int = 3) -> np.ndarray:
+  """An encoded image (bytes), a PIL image or a uint8 array as the paper's prepared image
+  (prepared_size x prepared_size x channels uint8; prepared_size 0: only the colour mode).
+  Raises one of DECODE_ERRORS on data Pillow cannot read."""
+  pil = _to_pil(image)
+  if prepared_size:
+    return resize_and_centre_crop(pil, prepared_size, channels)
+  out = np.asarray(pil.convert('L' if channels == 1 else 'RGB'), np.uint8)
+  return out.reshape(*out.shape[:2], channels)
+
+
+# ---- training views ----------------------------------------------------------------
+
+
+def crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+  """The size x size window whose top-left pixel is (top, left), of an image or a batch
+  (..., H, W, C)."""
+  h, w = image.shape[-3:-1]
+  if not (0 <= top <= h - size and 0 <= left <= w - size):
+    raise ValueError(f'A {size}x{size} window at ({top}, {left}) does not fit in {h}x{w}.')
+  return image[..., top:top + size, left:left + size, :]
+
+
+def random_crop_offset(shape, size: int, rng: np.random.Generator) -> tuple[int, int]:
+  """(top, left), each uniform over every position where the window fits: 0 .. H - size."""
+  h, w = shape[:2]
+  if h < size or w < size:
+    raise ValueError(f'Cannot take a {size}x{size} crop of a {h}x{w} image.')
+  top, left = rng.integers(0, [h - size + 1, w - size + 1])
+  return int(top), int(left)
+
+
+def pca_shift(rng: np.random.Generator, sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
+              eigvec=IMAGENET_EIGVEC, scale: float = PIXEL_SCALE) -> np.ndarray:
+  """The RGB value added to every pixel of one image (section 4.1):
+  [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with a_i ~ N(0, sigma), times `scale` (the constants are
+  on the 0-1 scale, pixels on 0-255). Its covariance over draws is
+  scale^2 P diag(sigma^2 l^2) P^T."""
+  alpha = rng.normal(0.0, sigma, 3)
+  return (np.asarray(eigvec) @ (alpha * np.asarray(eigval)) * scale).astype(np.float32)
+
+
+def train_crop(image: np.ndarray, rng: np.random.Generator, crop_size: int | None = CROP_SIZE,
+               flip: bool = True, pca_sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
+               eigvec=IMAGENET_EIGVEC):
+  """The host's half of one training view of a prepared image: a random crop (`crop_size`
+  None: off) of the uint8 image, whether to reflect it (`flip`: with probability 1/2) and
+  the PCA shift (`pca_sigma` 0: off). The generator is used in that order: crop offset,
+  reflection, PCA.
+
+  Returns (crop, window, shift): the uint8 crop, unreflected (a view of `image`; a reflected
+  copy costs numpy 25x a plain one, 3-byte runs); window = (top, left, reflected), which says
+  where the per-pixel mean is taken from and whether view and mean are reflected; the
+  float32 shift (C,) to add to every pixel."""
+  top = left = 0
+  view = image
+  if crop_size is not None:
+    top, left = random_crop_offset(image.shape, crop_size, rng)
+    view = crop(view, top, left, crop_size)
+  reflected = bool(flip and rng.random() < 0.5)
+  shift = np.zeros((image.shape[-1],), np.float32)
+  if pca_sigma:
+    if image.shape[-1] != 3:
+      raise ValueError(f'PCA lighting needs RGB images, not {image.shape[-1]} channels.')
+    shift = pca_shift(rng, pca_sigma, eigval, eigvec)
+  return view, np.array([top, left, reflected], np.int32), shift
+
+
+# ---- test views ---------------------------------------------------------------------
+
+
+def ten_crop_offsets(shape, size: int) -> list[tuple[int, int]]:
+  """(top, left) of the paper's five test windows in an (H, W, ...) image: top-left,
+  top-right, bottom-left, bottom-right corners and the centre ((H - size) // 2, (W - size) // 2)."""
+  h, w = shape[:2]
+  return [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
+          ((h - size) // 2, (w - size) // 2)]
+
+
+def ten_crop_windows(shape, size: int) -> np.ndarray:
+  """The 10 test windows as (top, left, reflected) rows: the five of `ten_crop_offsets`,
+  then the same five reflected."""
+  five = np.array(ten_crop_offsets(shape, size), np.int32)
+  return np.concatenate([np.c_[five, np.zeros(5, np.int32)], np.c_[five, np.ones(5, np.int32)]])
+
+
+def ten_crop_unreflected(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+  """The pixels of the 10 test views of an image or a batch (..., H, W, C), stacked on axis
+  -4: views 5-9 are copies of views 0-4, for a device that reflects them (the windows' third
+  column)."""
+  five = [crop(image, t, l, size) for t, l in ten_crop_offsets(image.shape[-3:], size)]
+  return np.stack(five + five, axis=-4)
+
+
+def ten_crop(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+  """The paper's 10 test views (section 4.1) of an image or a batch, stacked on axis -4:
+  views 0-4 the windows of `ten_crop_offsets`, views 5-9 the same windows reflected."""
+  views = ten_crop_unreflected(image, size)
+  views[..., 5:, :, :, :] = views[..., :5, :, ::-1, :]
+  return views
+
+
+def centre_crop(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+  return crop(image, *ten_crop_offsets(image.shape[-3:], size)[4], size)
+
+
+def centre_view(image: Any, size: int, crop_size: int = 0, channels: int = 3):
+  """The centre view of any image as the eval split gives it: the image prepared at `size`
+  (shorter side, central square), then its central `crop_size` crop (0: all of it). Returns
+  (uint8 view, window)."""
+  prepared = decode(image, size, channels)
+  view_size = crop_size or size
+  return centre_crop(prepared, view_size), ten_crop_windows(prepared.shape, view_size)[4]
+
+
+# ---- the training set's mean and PCA (section 2 and 4.1) -------------------------------
+
+
+class PixelStatistics:
+  """The per-pixel mean image and the RGB covariance over images of one size, accumulated in
+  float64 (sums of uint8 values are exact, so the mean does not depend on how the images are
+  grouped into `add` calls)."""
+
+  CHUNK = 1024  # images per float64 matrix product, to bound memory
+
+  def __init__(self, pca: bool = True):
+    """`pca`: also accumulate the RGB covariance (for `pca`; RGB images only)."""
+    self.total = self.moments = None
+    self.count = 0
+    self.with_pca = pca
+
+  def add(self, images: np.ndarray) -> None:
+    """One image (H, W, C) or a batch (N, H, W, C) of uint8 pixels."""
+    images = np.asarray(images)
+    images = images.reshape(-1, *images.shape[-3:])
+    if self.total is None:
+      channels = images.shape[-1]
+      self.total = np.zeros(images.shape[1:], np.float64)
+      self.moments = np.zeros((channels, channels), np.float64)
+    self.total += images.sum(axis=0, dtype=np.float64)
+    if self.with_pca and images.shape[-1] == 3:
+      for start in range(0, len(images), self.CHUNK):
+        pixels = images[start:start + self.CHUNK].reshape(-1, 3).astype(np.float64)
+        self.moments += pixels.T @ pixels
+    self.count += len(images)
+
+  def mean(self) -> np.ndarray:
+    """The per-pixel mean image (H, W, C), float64, 0-255."""
+    return self.total / self.count
+
+  def pca(self) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns) of the covariance of every RGB
+    pixel, on the 0-1 scale of the reference card's constants. The sign of each eigenvector
+    is fixed so that its first non-zero entry is negative, as the card's."""
+    mean = self.mean()
+    m = mean.reshape(-1, 3).mean(axis=0)  # mean RGB over every pixel
+    pixels = self.count * mean.shape[0] * mean.shape[1]
+    cov = self.moments / pixels - np.outer(m, m)
+    eigval, eigvec = np.linalg.eigh(cov / PIXEL_SCALE**2)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = eigval[order], eigvec[:, order]
+    for i in range(3):
+      first = eigvec[np.flatnonzero(np.abs(eigvec[:, i]) > 1e-12)[0], i]
+      if first > 0:
+        eigvec[:, i] = -eigvec[:, i]
+    return eigval, eigvec
+
+  def as_dict(self) -> dict:
+    """What scripts/compute_pixel_statistics.py writes and data.statistics reads: mean
+    (float32), count and, for RGB, eigval and eigvec."""
+    out = {'mean': self.mean().astype(np.float32), 'count': self.count}
+    if self.with_pca and self.total.shape[-1] == 3:
+      out['eigval'], out['eigvec'] = self.pca()
+    return out
+
+
+MEAN_MODES = ('pixel', 'channel', 'none')
+
+
+def mean_to_subtract(mean_image: np.ndarray, mode: str) -> np.ndarray:
+  """What the device subtracts (section 2: the per-pixel mean) from the training set's mean
+  image (H, W, C): the image itself ('pixel'), its channel means (C,) or zeros ('none')."""
+  mean_image = np.asarray(mean_image)
+  if mode == 'pixel':
+    return mean_image.astype(np.float32)
+  if mode == 'channel':
+    return mean_image.reshape(-1, mean_image.shape[-1]).astype(np.float64).mean(
+        axis=0).astype(np.float32)
+  return np.zeros((mean_image.shape[-1],), np.float32)

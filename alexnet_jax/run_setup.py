@@ -1,0 +1,288 @@
+"""Set-up of a run, and every check of its config, in one place (the config's edge).
+
+`validate` checks the config alone, before any data is read or anything compiles: numbers in
+range, names from their lists, the mesh, the batch against the mesh, the data pipeline's
+fields, the network's shapes. `Setup` then reads everything a run needs without writing
+anything (data, optimizer, the latest restorable checkpoint, whose model shapes must match),
+so that any failure on the user's input leaves the workdir as it was.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from alexnet_jax import checkpointing
+from alexnet_jax import model as model_lib
+from alexnet_jax import optimizer as optimizer_lib
+from alexnet_jax import sharding
+from alexnet_jax import steps as steps_lib
+from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import stream
+from alexnet_jax.data import transforms
+from alexnet_jax.errors import ConfigError
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+NONFINITE = ('stop', 'skip')
+SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
+# Fields a resumed run may change without a warning (placement, length, loader speed).
+NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps',
+                'profile.', 'data.threads', 'data.processes', 'data.prefetch', 'data.max_bad_records')
+
+
+# ---- what the config names -----------------------------------------------------------
+
+
+def model_spec(config) -> model_lib.AlexNetSpec:
+  return model_lib.AlexNetSpec.from_config(
+      config.model, num_classes=config.data.num_classes, image_size=config.data.image_size,
+      in_channels=config.data.channels)
+
+
+def compute_dtype(config):
+  return DTYPES[config.model.dtype]
+
+
+def build_layout(config, devices=None) -> sharding.Layout:
+  """The mesh and placement of `config.parallelism` over `devices` (all by default)."""
+  devices = jax.devices() if devices is None else devices
+  data, model = sharding.mesh_shape(len(devices), config.mesh.data, config.mesh.model,
+                                    config.parallelism, config.model.num_towers)
+  return sharding.Layout(sharding.make_mesh(data, model, devices), config.parallelism)
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  lr = optimizer_lib.learning_rate_schedule(
+      config.lr_schedule, config.learning_rate, total_steps,
+      tuple(config.lr_boundaries), config.lr_factor)
+  return optimizer_lib.paper_momentum(lr, config.momentum, config.weight_decay)
+
+
+# ---- checks of the config alone ------------------------------------------------------------
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def _one_of(name: str, value, choices) -> None:
+  _require(value in choices, f'{name}={value!r} is not one of {", ".join(choices)}.')
+
+
+def _validate_training(config) -> None:
+  positive = {'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
+              'log_every_steps': config.log_every_steps,
+              'checkpoint_every_steps': config.checkpoint_every_steps,
+              'keep_checkpoints': config.keep_checkpoints,
+              'plateau_patience': config.plateau_patience,
+              'model.num_towers': config.model.num_towers}
+  if config.dataset == 'synthetic':
+    positive.update({'data.synthetic_train_examples': config.data.synthetic_train_examples,
+                     'data.synthetic_eval_examples': config.data.synthetic_eval_examples})
+  for name, value in positive.items():
+    _require(value >= 1, f'{name}={value} must be at least 1.')
+  for name, value in {'eval_every_steps': config.eval_every_steps,
+                      'num_train_steps': config.num_train_steps}.items():
+    _require(value != 0 and value >= -1, f'{name}={value} must be at least 1, or -1 for once '
+             'per epoch.')
+  _require(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive.')
+  _require(config.lr_factor > 0, f'lr_factor={config.lr_factor} must be positive.')
+  _one_of('lr_schedule', config.lr_schedule, optimizer_lib.SCHEDULES)
+  _one_of('on_nonfinite_loss', config.on_nonfinite_loss, NONFINITE)
+  _require(0 <= config.momentum < 1, f'momentum={config.momentum} must be in [0, 1).')
+  _require(config.weight_decay >= 0,
+           f'weight_decay={config.weight_decay} must not be negative.')
+  _require(0 <= config.model.dropout_rate < 1,
+           f'model.dropout_rate={config.model.dropout_rate} must be in [0, 1).')
+  _require(config.num_epochs >= 1 or config.num_train_steps >= 1,
+           'Set num_epochs or num_train_steps to at least 1.')
+  _one_of('model.dtype', config.model.dtype, DTYPES)
+  p = config.profile
+  _require(p.start_step < 0 or p.num_steps >= 1,
+           f'profile.num_steps={p.num_steps} must be at least 1 when '
+           f'profile.start_step={p.start_step} turns profiling on.')
+  _require(0 <= p.server_port < 65536,
+           f'profile.server_port={p.server_port} must be 0 (off) or a port.')
+
+
+def _validate_data(config) -> None:
+  d = config.data
+  _one_of('data.pipeline', d.pipeline, input_pipeline.PIPELINES)
+  _one_of('data.mean', d.mean, transforms.MEAN_MODES)
+  for name in ('crop_pad', 'prefetch', 'prepared_size', 'crop_size', 'threads', 'processes',
+               'statistics_examples'):
+    _require(d[name] >= 0, f'data.{name}={d[name]} must not be negative.')
+  _require(d.pca_sigma >= 0, f'data.pca_sigma={d.pca_sigma} must not be negative.')
+  if d.pipeline == 'memory':
+    unsupported = {k: d[k] for k in ('prepared_size', 'crop_size', 'pca_sigma') if d[k]}
+    fields = ', '.join(f'data.{k}={v}' for k, v in unsupported.items())
+    _require(not unsupported, f'{fields}: the memory pipeline uses images as they are stored '
+             '(crops of the padded image, data.crop_pad); set them to 0 or '
+             'data.pipeline=stream.')
+    return
+  _require(config.dataset != 'synthetic',
+           'dataset=synthetic is generated in memory; set data.pipeline=memory.')
+  _require(not d.crop_pad, f'data.crop_pad={d.crop_pad} is for data.pipeline=memory; the '
+           'stream pipeline crops data.crop_size windows of the prepared image.')
+  _one_of('data.pca', d.pca, stream.PCA_SOURCES)
+  _require(not d.pca_sigma or d.channels == 3,
+           'data.pca_sigma needs RGB images; set it to 0 for grey images.')
+  size = d.crop_size or d.prepared_size or d.image_size
+  _require(size == d.image_size, f'The network input data.image_size={d.image_size} must '
+           f'equal the view size {size} (data.crop_size, else data.prepared_size).')
+  _require(not d.prepared_size or d.crop_size <= d.prepared_size,
+           f'data.crop_size={d.crop_size} is larger than data.prepared_size={d.prepared_size}.')
+  _require(not d.statistics or os.path.isfile(os.path.expanduser(d.statistics)),
+           f'data.statistics={d.statistics} is not a file (write one with '
+           '`python -m scripts.compute_pixel_statistics`).')
+  _require(not stream.needs_statistics(d) or d.prepared_size or d.statistics,
+           f'data.mean={d.mean!r} or data.pca=statistics needs images of one size: set '
+           'data.prepared_size, or data.mean=none with data.pca=imagenet.')
+
+
+def validate(config, layout: sharding.Layout) -> None:
+  """Fails fast, in one sentence, on any config value that cannot work."""
+  _validate_training(config)
+  _validate_data(config)
+  layout.check_batch(config.batch_size)
+  layout.check_batch(config.eval_batch_size, 'eval_batch_size')
+  model_spec(config).param_shapes()  # raises if the image is too small for the network
+
+
+# ---- the workdir ------------------------------------------------------------------------
+
+
+def check_workdir(workdir: str) -> None:
+  """A workdir that is a file, or that cannot be created or written, fails before anything
+  is read or written. (root passes `os.access` everywhere: its failures surface at the first
+  write, `write_run_record`, still before anything else is written or compiled.)"""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f'--workdir={workdir} is a file, not a directory.')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'--workdir={workdir} cannot be created because {existing} is a file.')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f'--workdir={workdir} is not writable ({existing} does not allow it).')
+
+
+def write_run_record(workdir: str, run: dict) -> None:
+  """Writes the workdir and run.json (a run's first write)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'run.json'), 'w', encoding='utf-8') as f:
+      json.dump(run, f, indent=2)
+  except OSError as e:
+    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}).') from e
+
+
+def describe_run(config, layout: sharding.Layout, spec: model_lib.AlexNetSpec) -> dict:
+  """What `run.json` records."""
+  devices = layout.mesh.devices.ravel()
+  return {
+      'config': config_dict(config),
+      'jax_version': jax.__version__,
+      'device_kind': devices[0].device_kind,
+      'platform': devices[0].platform,
+      'device_count': int(devices.size),
+      'process_count': jax.process_count(),
+      'mesh': sharding.describe(layout),
+      'num_params': spec.num_params(),
+  }
+
+
+def config_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+# ---- checkpoints written with another config ----------------------------------------------
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def check_checkpoint_config(config, spec: model_lib.AlexNetSpec, meta: dict, path: str) -> None:
+  """A checkpoint restores only into a model of the same shapes: fail in one sentence, naming
+  the fields that differ, rather than in orbax's shape mismatch."""
+  try:
+    saved = meta['config']
+    old_spec = model_lib.AlexNetSpec.from_config(
+        saved['model'], num_classes=saved['data']['num_classes'],
+        image_size=saved['data']['image_size'], in_channels=saved['data']['channels'])
+    old_shapes = old_spec.param_shapes()
+  except (KeyError, TypeError, ValueError) as e:
+    raise checkpointing.CorruptCheckpointError(f'{path}: its meta item has no usable config '
+                                               f'({e!r})') from e
+  now, then = _flatten(config_dict(config)), _flatten(saved)
+  if old_shapes != spec.param_shapes():
+    fields = [k for k in now if (k.startswith('model.') or k in SHAPE_DATA_FIELDS)
+              and now[k] != then.get(k)]
+    diffs = ', '.join(f'{k}={now[k]!r} (the checkpoint has {then.get(k)!r})' for k in fields)
+    raise ConfigError(f'The config changes the model\'s shapes ({diffs or "param shapes"}) but '
+                      f'the checkpoint {path} was written with the old ones; use the same model '
+                      'config to resume, or a new --workdir.')
+  changed = [k for k in now if now[k] != then.get(k) and not k.startswith(NOT_COMPARED)]
+  if changed:
+    logging.warning('Resuming from %s with changed config fields: %s.', path,
+                    ', '.join(f'{k}={then.get(k)!r} -> {now[k]!r}' for k in changed))
+
+
+# ---- everything a run reads before it writes ---------------------------------------------
+
+
+class Setup:
+  """Layout, checked config, data, optimizer and the latest restorable checkpoint (or
+  `checkpoint_step`'s). Building it writes nothing, so a failure leaves the workdir as it
+  was."""
+
+  def __init__(self, config, workdir: str, checkpoint_step: int | None = None):
+    self.layout = build_layout(config)
+    validate(config, self.layout)
+    check_workdir(workdir)
+    self.spec = model_spec(config)
+    self.dtype = compute_dtype(config)
+    self.data = input_pipeline.load(config)
+    info = self.data.info
+    got = (info.image_size, info.channels, info.num_classes)
+    want = (config.data.image_size, config.data.channels, config.data.num_classes)
+    if got != want:
+      raise ConfigError(f'{config.dataset} has images of size {got[0]} with {got[1]} channels '
+                        f'and {got[2]} classes, but the config says {want}; set '
+                        'data.image_size, data.channels and data.num_classes to match.')
+    loader = self.data.loader
+    self.total_steps = (config.num_train_steps if config.num_train_steps > 0
+                        else config.num_epochs * loader.steps_per_epoch)
+    self.eval_every = (config.eval_every_steps if config.eval_every_steps > 0
+                       else loader.steps_per_epoch)
+    self.tx = make_optimizer(config, self.total_steps)
+    self.state, self.meta, self.damaged, self.checkpoint_path = None, None, [], None
+    ckpts = checkpointing.Checkpoints(workdir, read_only=True)
+    try:
+      if ckpts.steps():
+        abstract = steps_lib.abstract_train_state(self.spec, self.tx, self.layout)
+        self.state, self.meta, self.damaged = ckpts.restore(
+            abstract, functools.partial(check_checkpoint_config, config, self.spec),
+            checkpoint_step)
+        self.checkpoint_path = ckpts.path(self.meta['step']) if self.meta else None
+    finally:
+      ckpts.close()
+
+  @property
+  def start_step(self) -> int:
+    return int(self.meta['step']) if self.meta else 0

@@ -1,0 +1,148 @@
+"""Independent references the tests compare the code with, written from the paper and
+sharing no code with alexnet_jax:
+
+* a float64 NumPy AlexNet (Fig. 2, sections 3.3-3.5): convolutions are im2col matmuls, LRN
+  is the paper's sum written as a loop over channels, pooling is a loop over windows;
+  parameters use the same dict layout (kernel[t] is tower t's kernel);
+* the paper's training view as the composition of its steps (sections 2 and 4.1): subtract
+  the mean, crop, reflect, add the PCA shift, drawing from the generator in the loader's
+  order (crop offset, reflection, PCA).
+"""
+
+import numpy as np
+
+# The reference card's PCA of ImageNet's RGB covariance, 0-1 scale; eigenvectors are columns.
+CARD_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
+CARD_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
+                        [-0.5808, -0.0045, -0.8140],
+                        [-0.5836, -0.6948, 0.4203]])
+
+
+def conv2d(x, w, b, stride, pads):
+  """x (B,H,W,C), w (k,k,C,F), pads ((top,bottom),(left,right))."""
+  x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  k = w.shape[0]
+  bsz, h, wd, c = x.shape
+  oh, ow = (h - k) // stride + 1, (wd - k) // stride + 1
+  cols = np.empty((bsz, oh, ow, k, k, c))
+  for i in range(k):
+    for j in range(k):
+      cols[:, :, :, i, j, :] = x[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
+  return cols.reshape(bsz, oh, ow, -1) @ w.reshape(-1, w.shape[-1]) + b
+
+
+def lrn(a, k=2.0, n=5, alpha=1e-4, beta=0.75):
+  """b_i = a_i / (k + alpha/n * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a_j^2)^beta (alpha/n convention)."""
+  big_n = a.shape[-1]
+  out = np.empty_like(a)
+  for i in range(big_n):
+    lo, hi = max(0, i - n // 2), min(big_n - 1, i + n // 2)
+    s = np.sum(a[..., lo:hi + 1] ** 2, axis=-1)
+    out[..., i] = a[..., i] / (k + alpha / n * s) ** beta
+  return out
+
+
+def maxpool(x, window=3, stride=2):
+  bsz, h, w, c = x.shape
+  oh, ow = (h - window) // stride + 1, (w - window) // stride + 1
+  out = np.full((bsz, oh, ow, c), -np.inf)
+  for i in range(window):
+    for j in range(window):
+      out = np.maximum(out, x[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :])
+  return out
+
+
+def relu(x):
+  return np.maximum(x, 0)
+
+
+def forward(params, x, conv1_stride, conv1_pads, use_lrn=True):
+  p = {l: {n: np.asarray(v, np.float64) for n, v in d.items()} for l, d in params.items()}
+  towers = p['conv1']['kernel'].shape[0]
+  same = lambda w: ((w.shape[0] // 2,) * 2,) * 2
+  maybe_lrn = lrn if use_lrn else (lambda a: a)
+  t1 = [maxpool(maybe_lrn(relu(conv2d(x, p['conv1']['kernel'][t], p['conv1']['bias'][t],
+                                      conv1_stride, conv1_pads)))) for t in range(towers)]
+  t2 = [maxpool(maybe_lrn(relu(conv2d(t1[t], p['conv2']['kernel'][t], p['conv2']['bias'][t], 1,
+                                      same(p['conv2']['kernel'][t]))))) for t in range(towers)]
+  both = np.concatenate(t2, axis=-1)  # conv3 sees both towers
+  t3 = [relu(conv2d(both, p['conv3']['kernel'][t], p['conv3']['bias'][t], 1,
+                    same(p['conv3']['kernel'][t]))) for t in range(towers)]
+  t4 = [relu(conv2d(t3[t], p['conv4']['kernel'][t], p['conv4']['bias'][t], 1,
+                    same(p['conv4']['kernel'][t]))) for t in range(towers)]
+  t5 = [maxpool(relu(conv2d(t4[t], p['conv5']['kernel'][t], p['conv5']['bias'][t], 1,
+                            same(p['conv5']['kernel'][t])))) for t in range(towers)]
+  flat = np.concatenate([t.reshape(t.shape[0], -1) for t in t5], axis=-1)  # fc6 sees both
+  h6 = np.concatenate([relu(flat @ p['fc6']['kernel'][t] + p['fc6']['bias'][t])
+                       for t in range(towers)], axis=-1)
+  h7 = np.concatenate([relu(h6 @ p['fc7']['kernel'][t] + p['fc7']['bias'][t])
+                       for t in range(towers)], axis=-1)
+  w8 = np.concatenate([p['fc8']['kernel'][t] for t in range(towers)], axis=0)  # dense 4096 x C
+  return h7 @ w8 + p['fc8']['bias']
+
+
+# ---- the paper's training view, step by step --------------------------------------------
+
+
+def subtract_mean(image, mean):
+  """float64 image minus a per-pixel (H, W, C) or per-channel (C,) mean."""
+  return np.asarray(image, np.float64) - np.asarray(mean, np.float64)
+
+
+def random_crop(image, size, rng):
+  """A size x size window at (top, left) drawn uniformly over every position it fits."""
+  h, w = image.shape[:2]
+  top, left = rng.integers(0, [h - size + 1, w - size + 1])
+  return image[top:top + size, left:left + size]
+
+
+def reflect(image):
+  return image[:, ::-1]
+
+
+def random_reflection(image, rng):
+  return reflect(image) if rng.random() < 0.5 else image
+
+
+def pca_shift(rng, sigma=0.1, eigval=CARD_EIGVAL, eigvec=CARD_EIGVEC):
+  """[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T, a ~ N(0, sigma), on the 0-255 scale."""
+  alpha = rng.normal(0.0, sigma, 3)
+  return 255.0 * (np.asarray(eigvec) @ (alpha * np.asarray(eigval)))
+
+
+def pca_lighting(image, rng, sigma=0.1):
+  return np.asarray(image, np.float64) + pca_shift(rng, sigma)
+
+
+def train_view(image, rng, mean=None, crop_size=None, flip=True, pca_sigma=0.1):
+  """One training view of a prepared image, float64: the mean subtracted from the whole
+  image (cropped with it), a random crop, a random reflection, the PCA shift."""
+  x = subtract_mean(image, np.zeros(image.shape[-1]) if mean is None else mean)
+  if crop_size:
+    x = random_crop(x, crop_size, rng)
+  if flip:
+    x = random_reflection(x, rng)
+  if pca_sigma:
+    x = pca_lighting(x, rng, pca_sigma)
+  return x
+
+
+def ten_crop(image, size):
+  """The 10 test views: corners, centre, and their reflections, (10, size, size, C)."""
+  h, w = image.shape[:2]
+  corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
+             ((h - size) // 2, (w - size) // 2)]
+  views = [image[t:t + size, l:l + size] for t, l in corners]
+  return np.stack(views + [reflect(v) for v in views])
+
+
+def normalize_view(view, window, shift, mean):
+  """The float half of a view cut at window = (top, left, reflected): the view minus the
+  per-pixel mean under the window (or a per-channel mean), reflected if the window says so,
+  plus the PCA shift."""
+  top, left, reflected = (int(v) for v in window)
+  mean = np.asarray(mean, np.float64)
+  size = view.shape[0]
+  x = view.astype(np.float64) - (mean[top:top + size, left:left + size] if mean.ndim == 3
+                                 else mean)
+  return (reflect(x) if reflected else x) + np.asarray(shift, np.float64)
