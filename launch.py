@@ -1,14 +1,21 @@
 """Entrypoint: python launch.py --config=configs/alexnet.py --workdir=runs/x [--config.<field>=<value>].
 
 --mode=eval evaluates the workdir's latest checkpoint (or --checkpoint_step's) without training.
---mode=figures draws that checkpoint's conv1 kernels and the run's curves into <workdir>/figures/.
+--mode=figures draws that checkpoint's conv1 kernels and the run's curves (into --figures_dir,
+  default <workdir>/figures/).
 --mode=predict --images=a.png,b.png prints the top-5 classes of image files, one JSON line each.
-A problem with the flags, config or workdir prints one line, 'error: <sentence>', and exits 1.
+
+Exit codes: 0 done; 1 a problem with the flags, config, data or workdir, printed as one line
+'error: <sentence>' (the workdir is left as it was); 75 stopped by SIGTERM or SIGINT after
+writing a checkpoint of the current step (rerun the same command to continue); 130 a second
+SIGINT (at once, without a checkpoint).
 """
 
+import ast
 import functools
 import json
 import logging as py_logging
+import os
 import re
 import sys
 
@@ -23,24 +30,73 @@ config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_c
 flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'figures', 'predict'],
                   'train: train (resuming from the latest checkpoint); eval: evaluate a '
                   'checkpoint, centre view and 10-crop, without training; figures: conv1 '
-                  'kernels of a checkpoint and the training curves as PNGs in '
-                  '<workdir>/figures/; predict: top-5 classes of --images.')
+                  'kernels of a checkpoint and the training curves as PNGs; predict: top-5 '
+                  'classes of --images.')
 flags.DEFINE_integer('checkpoint_step', -1,
                      '--mode=eval, figures, predict: the checkpoint step (-1: latest).')
 flags.DEFINE_list('images', [], '--mode=predict: comma-separated image files to classify.')
+flags.DEFINE_string('figures_dir', None, '--mode=figures: where to write the PNGs (default '
+                    '<workdir>/figures; another directory for a read-only workdir).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(1)
+def _last_line(line: str, code: int):
+  """Prints `line` as the run's last line on stderr and exits with `code`. What native
+  threads would print while the interpreter shuts down (tensorstore's tracebacks of a failed
+  save's pending writes) goes to /dev/null: the line has said what happened."""
+  print(line, file=sys.stderr, flush=True)
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+  sys.exit(code)
+
+
+def _fail(message: str, code: int = 1):
+  _last_line(f'error: {message}', code)
+
+
+def _config_path(argv) -> str | None:
+  for i, a in enumerate(argv):
+    if a.startswith('--config='):
+      return a.split('=', 1)[1]
+    if a == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def check_config_file(path: str) -> None:
+  """The config file exists, parses and defines get_config(), or one sentence says which
+  (ml_collections would report each as a traceback)."""
+  file = path if os.path.exists(path) else path.split(':')[0]  # `file.py:argument`
+  if not os.path.isfile(file):
+    _fail(f'--config={path}: there is no such file.')
+  try:
+    with open(file, encoding='utf-8') as f:
+      tree = ast.parse(f.read(), filename=file)
+  except SyntaxError as e:
+    _fail(f'--config={path}: {e.msg} at line {e.lineno}: {(e.text or "").strip()!r}.')
+  except (OSError, UnicodeDecodeError) as e:
+    _fail(f'--config={path} cannot be read ({e}).')
+  if not any(isinstance(n, ast.FunctionDef) and n.name == 'get_config' for n in tree.body):
+    _fail(f'--config={path} defines no get_config() function returning the config.')
+  try:  # as ml_collections will, so that an error in the file is told apart from a bad flag
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_config_check', file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    arguments = path[len(file) + 1:].split(',') if path != file else []
+    module.get_config(*arguments)
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(f'--config={path}: get_config() failed ({type(e).__name__}: '
+          f'{str(e).splitlines()[0] if str(e) else ""}).')
 
 
 def parse_flags(argv):
-  """absl's parser, with its errors (and ml_collections' traceback for an unknown config
-  field) turned into one line."""
+  """absl's parser, with its errors (and ml_collections' tracebacks for a bad config file or
+  an unknown config field) turned into one line."""
+  path = _config_path(argv)
+  if path:
+    check_config_file(path)
   try:
-    return FLAGS(argv)
+    parsed = FLAGS(argv)
   except flags.Error as e:
     _fail(str(e).rstrip('.') + '.')
   except (AttributeError, KeyError) as e:  # an unknown --config.<field>
@@ -52,6 +108,15 @@ def parse_flags(argv):
     hint = re.search(r'Did you mean "([^"]+)"', text)
     _fail(f'{arg} is not a config field' + (f' (did you mean {hint.group(1)}?).' if hint
                                              else '.'))
+  try:
+    FLAGS.config  # pylint: disable=pointless-statement
+  except Exception as e:  # pylint: disable=broad-except
+    cause = e
+    while cause.__cause__ is not None:
+      cause = cause.__cause__
+    _fail(f'--config={path}: loading it failed ({type(cause).__name__}: '
+          f'{str(cause).splitlines()[0] if str(cause) else ""}).')
+  return parsed
 
 
 def initialize_distributed(config) -> None:
@@ -60,9 +125,9 @@ def initialize_distributed(config) -> None:
 
   d = config.distributed
   if d.coordinator_address:
-    if d.num_processes < 1 or d.process_id < 0:
-      _fail('distributed.coordinator_address needs distributed.num_processes and '
-            'distributed.process_id.')
+    if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
+      _fail('distributed.coordinator_address needs distributed.num_processes (at least 1) '
+            'and distributed.process_id (0 to num_processes - 1).')
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes
     jax.distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
   else:
@@ -75,7 +140,7 @@ def initialize_distributed(config) -> None:
 def main(argv, make_hooks=None):
   """`make_hooks()`: the training loop's `train.Hooks` (tests pass fault injectors)."""
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    _fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value).')
   config = FLAGS.config
   workdir = FLAGS.workdir
   from alexnet_jax import xla_cpu
@@ -83,41 +148,68 @@ def main(argv, make_hooks=None):
   initialize_distributed(config)
 
   # JAX and the package are imported after the distributed setup.
-  from alexnet_jax import evaluation, inference
+  from alexnet_jax import interrupts
   from alexnet_jax.errors import UserError
 
   step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
   try:
     if FLAGS.mode == 'eval':
+      from alexnet_jax import evaluation
       result = evaluation.evaluate_checkpoint(config, workdir, step)
       print('eval: ' + json.dumps(result), flush=True)
       return
     if FLAGS.mode == 'figures':
-      for path in inference.figures_for_checkpoint(config, workdir, step):
+      from alexnet_jax import inference
+      for path in inference.figures_for_checkpoint(config, workdir, step, FLAGS.figures_dir):
         print(f'figure: {path}', flush=True)
       return
     if FLAGS.mode == 'predict':
+      from alexnet_jax import inference
       for result in inference.predict(config, workdir, FLAGS.images, step):
         print('predict: ' + json.dumps(result), flush=True)
       return
     from alexnet_jax import train
     result = train.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
+  except interrupts.Interrupted as e:
+    _last_line(f'stopped: {e}', e.exit_code)
+  except KeyboardInterrupt:  # SIGINT outside the training loop (set-up, evaluation)
+    _fail('interrupted by SIGINT before any training step; no checkpoint was written.', 130)
   except (UserError, FloatingPointError) as e:
     _fail(str(e))
+  except OSError as e:  # a full disk, a lost mount, a permission, outside a checked path
+    _fail(f'{e.strerror or e}{f": {e.filename}" if e.filename else ""}.'.replace('..', '.'))
   logging.info('Final evaluation: %s', result)
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Keeps orbax's and tfds's per-save / per-split INFO chatter out of the run's log."""
+  """Keeps orbax's and tfds's per-save / per-split INFO chatter out of the run's log, and
+  orbax's tracebacks of a failed background save (the run reports it in one line)."""
 
   def filter(self, record):
     noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/')
     if record.getMessage().startswith('Given directory is read only'):
       return False  # orbax, on our read-only look at the checkpoints before training
+    if '/orbax/' in record.pathname and record.exc_info:
+      return False  # a failed save: CheckpointSaveError says it in one line
     return record.levelno >= py_logging.WARNING or not any(n in record.pathname for n in noisy)
 
 
+def _unraisable_hook(default):
+  """sys.unraisablehook without the "Event loop is closed" RuntimeErrors that tensorstore
+  reports when the pending writes of a failed asynchronous orbax save finish after orbax
+  has closed the save's event loop: the run reports the failed save in its one line."""
+
+  def hook(unraisable):
+    if (isinstance(unraisable.exc_value, RuntimeError)
+        and str(unraisable.exc_value) == 'Event loop is closed'):
+      return
+    default(unraisable)
+
+  return hook
+
+
 def run(make_hooks=None):
+  sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
   py_logging.getLogger('absl').addFilter(_QuietLibraries())
   app.run(functools.partial(main, make_hooks=make_hooks), flags_parser=parse_flags)
 

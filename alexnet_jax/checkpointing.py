@@ -28,6 +28,7 @@ is in flight, so the newest complete checkpoint is never removed before a newer 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import shutil
@@ -53,6 +54,32 @@ class CorruptCheckpointError(Exception):
 
 class NoCheckpointError(UserError):
   """Evaluation asked for a checkpoint the workdir does not have."""
+
+
+class CheckpointSaveError(UserError):
+  """An asynchronous save failed (a full disk, a lost mount, ...)."""
+
+
+def _root_cause(e: BaseException) -> str:
+  """What went wrong, in a few words: the first OSError in the chain of causes (its strerror
+  and file), else the error's own first line; never a traceback."""
+  seen, cause = set(), e
+  while cause is not None and id(cause) not in seen:
+    seen.add(id(cause))
+    if isinstance(cause, OSError) and cause.strerror:
+      return f'{cause.strerror}: {cause.filename}' if cause.filename else cause.strerror
+    cause = cause.__cause__ or cause.__context__
+  text = str(e)
+  for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
+    if os.strerror(code) in text:  # tensorstore reports OS errors in its own words
+      return os.strerror(code)
+  return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def state_bytes(abstract_state) -> int:
+  """Bytes of the arrays of a (possibly abstract) state: what a checkpoint holds."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract_state))
 
 
 # ---- fingerprint -------------------------------------------------------------
@@ -121,6 +148,7 @@ class Checkpoints:
     self.keep = keep
     self.read_only = read_only
     self._after_save = after_save
+    self._pending = None  # the step being saved in the background
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                              save_interval_steps=0, max_to_keep=None)
@@ -141,29 +169,73 @@ class Checkpoints:
   # ---- writing -----------------------------------------------------------------
   def save(self, step: int, state, meta: dict, inputs: dict) -> None:
     """Starts an asynchronous save of `step` (`inputs`: host arrays for inference); returns
-    once the arrays are copied off device."""
-    self.mngr.wait_until_finished()  # the previous save is complete: pruning is safe now
+    once the arrays are copied off device. A failed earlier save raises
+    CheckpointSaveError here at the latest."""
+    self.wait()  # the previous save is complete: pruning is safe now
     self._prune()
+    self._clear_stray(step)
     assert set(inputs) == set(INPUTS), inputs
     meta = dict(meta, fingerprint=state_fingerprint(state))
-    self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta),
-                                                 inputs=ocp.args.StandardSave(inputs)),
-                   force=True)
+    self._pending = step
+    try:
+      self.mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta),
+                                                   inputs=ocp.args.StandardSave(inputs)),
+                     force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(e)
     if self._after_save is not None:
       self._after_save(step)
 
-  def wait(self) -> None:
-    self.mngr.wait_until_finished()
-    self.mngr.check_for_errors()
+  def _failed(self, e: BaseException):
+    step, self._pending = self._pending, None
+    good = [s for s in self.steps() if s != step]
+    last = f'the last complete checkpoint is {self.path(good[-1])}' if good else (
+        'no checkpoint is complete')
+    raise CheckpointSaveError(f'Saving the checkpoint of step {step} into {self.directory} '
+                              f'failed ({_root_cause(e)}); {last}.') from None
 
-  def close(self) -> None:
+  def check_errors(self) -> None:
+    """Raises CheckpointSaveError if a background save has failed (does not wait)."""
+    try:
+      self.mngr.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(e)
+
+  def wait(self) -> None:
+    """Waits for the save in flight; CheckpointSaveError if it failed."""
+    try:
+      self.mngr.wait_until_finished()
+      self.mngr.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      self._failed(e)
+    self._pending = None
+
+  def close(self, failing: bool = False) -> None:
+    """Waits for the save in flight and closes the manager. With `failing` (the run is
+    already ending with an error) a failed save is logged, not raised, and nothing is
+    pruned; the manager is closed on every path, so that no orbax thread outlives the run."""
     if self.mngr is None:
       return
-    if not self.read_only:
-      self.wait()
-      self._prune()
-    self.mngr.close()
+    try:
+      if not self.read_only:
+        try:
+          self.wait()
+          if not failing:
+            self._prune()
+        except CheckpointSaveError as e:
+          if not failing:
+            raise
+          logging.warning('%s', e)
+    finally:
+      self.mngr.close()
+
+  def _clear_stray(self, step: int) -> None:
+    """Moves aside anything at `checkpoints/<step>` that orbax does not list as a step (a
+    file, a broken link or a link loop left by a fault), which would make the save fail."""
+    path = self.path(step)
+    if step not in self.steps() and (os.path.lexists(path)):
+      self.quarantine([step])
 
   def _prune(self) -> None:
     for step in self.steps()[:-self.keep]:

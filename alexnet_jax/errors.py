@@ -15,3 +15,7 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
 
 class BadDataError(UserError):
   """Records fail to decode: more than data.max_bad_records, or any in the eval split."""
+
+
+class OutputError(UserError):
+  """Writing the run's output failed (a full disk, a lost mount, a permission)."""

@@ -17,8 +17,8 @@ from alexnet_jax.data import batching
 
 def evaluate(eval_step, params, data: batching.Data, layout: sharding.Layout,
              batch_size: int, ten_crop: bool = False) -> dict[str, float]:
-  """Loss, top-1 and top-5 over the eval split: on the centre view, or with the paper's
-  10-crop softmax averaging."""
+  """Loss, top-1 and top-5 over the eval split, and the number of images they are over: on
+  the centre view, or with the paper's 10-crop softmax averaging."""
   totals = None
   for images, labels, weights in data.eval_batches(
       batch_size, layout.batch_sharding(), layout.label_sharding(), ten_crop):
@@ -27,13 +27,13 @@ def evaluate(eval_step, params, data: batching.Data, layout: sharding.Layout,
   totals = jax.device_get(totals)
   n = float(totals['count'])
   return {'eval/loss': float(totals['loss'] / n), 'eval/top1': float(totals['top1'] / n),
-          'eval/top5': float(totals['top5'] / n)}
+          'eval/top5': float(totals['top5'] / n), 'eval/images': n}
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """Evaluates the latest (or `step`'s) checkpoint on the eval split without training: the
   centre view and the paper's 10-crop test."""
-  setup = run_setup.Setup(config, workdir, step)
+  setup = run_setup.Setup(config, workdir, step, writable=False)
   if setup.state is None:
     where = os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR)
     raise checkpointing.NoCheckpointError(

@@ -65,11 +65,11 @@ def conv1_figure(kernel: np.ndarray, title: str = ''):
   return fig
 
 
-def save_conv1(kernel: np.ndarray, workdir: str, step: int) -> str:
-  """Writes `<workdir>/figures/conv1_step<step>.png`; returns its path."""
+def save_conv1(kernel: np.ndarray, out_dir: str, step: int) -> str:
+  """Writes `<out_dir>/conv1_step<step>.png`; returns its path."""
   plt = _pyplot()
-  path = os.path.join(workdir, FIGURES_DIR, f'conv1_step{step}.png')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  path = os.path.join(out_dir, f'conv1_step{step}.png')
+  os.makedirs(out_dir, exist_ok=True)
   fig = conv1_figure(np.asarray(kernel), f'conv1 kernels, step {step}')
   fig.savefig(path, dpi=DPI)  # no bbox_inches='tight': the pixel size stays fixed
   plt.close(fig)
@@ -87,9 +87,9 @@ def read_metrics(path: str) -> list[dict]:
   return records
 
 
-def save_curves(workdir: str) -> str | None:
+def save_curves(workdir: str, out_dir: str) -> str | None:
   """Training and evaluation loss and top-1 / top-5 error against the step, from
-  `<workdir>/metrics.jsonl`, to `<workdir>/figures/curves.png`; None without metrics."""
+  `<workdir>/metrics.jsonl`, to `<out_dir>/curves.png`; None without metrics."""
   source = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(source):
     return None
@@ -119,8 +119,8 @@ def save_curves(workdir: str) -> str | None:
     if ax.lines:
       ax.legend(fontsize=8)
   fig.tight_layout()
-  path = os.path.join(workdir, FIGURES_DIR, 'curves.png')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  path = os.path.join(out_dir, 'curves.png')
+  os.makedirs(out_dir, exist_ok=True)
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
   return path

@@ -48,13 +48,22 @@ def restore_params(config, workdir: str, step: int | None = None):
   return params, meta, inputs
 
 
-def figures_for_checkpoint(config, workdir: str, step: int | None = None) -> list[str]:
-  """conv1's kernels of a checkpoint and the run's curves, into <workdir>/figures/."""
+def figures_for_checkpoint(config, workdir: str, step: int | None = None,
+                           out_dir: str | None = None) -> list[str]:
+  """conv1's kernels of a checkpoint and the run's curves, into `out_dir` (default
+  <workdir>/figures/, which must then be writable)."""
+  out_dir = out_dir or os.path.join(workdir, figures.FIGURES_DIR)
+  existing = os.path.abspath(out_dir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f'Cannot write the figures into {out_dir} ({existing} is not writable); '
+                      'name another directory with --figures_dir.')
   params, meta, _ = restore_params(config, workdir, step)
   if jax.process_index() != 0:
     return []
-  paths = [figures.save_conv1(params['conv1']['kernel'], workdir, int(meta['step']))]
-  curves = figures.save_curves(workdir)
+  paths = [figures.save_conv1(params['conv1']['kernel'], out_dir, int(meta['step']))]
+  curves = figures.save_curves(workdir, out_dir)
   return paths + ([curves] if curves else [])
 
 

@@ -12,46 +12,62 @@ import os
 import sys
 import time
 
+from alexnet_jax.errors import OutputError
+
 
 class MetricWriter:
-  """Writes scalars for a step to the console, TensorBoard and one JSON line per call."""
+  """Writes scalars for a step to the console, a TensorBoard event file and one JSON line
+  per call (`metrics.jsonl`), synchronously: a full disk surfaces here as one OutputError,
+  not in a background thread or at exit."""
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int = 0):
     self.enabled = enabled
-    self._tb = None
+    self._events = None
     self._jsonl = None
     self.progress = None  # a Progress whose live line is cleared before each log line
     if enabled:
-      from tensorboardX import SummaryWriter  # pure-Python event files, no TensorFlow
-      # purge_step: TensorBoard drops the events a killed run wrote after the restored step.
-      self._tb = SummaryWriter(logdir=workdir, flush_secs=30,
-                               purge_step=resume_step + 1 if resume_step else None)
-      truncate_after(os.path.join(workdir, 'metrics.jsonl'), resume_step)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+      # tensorboardX's synchronous writer: TensorBoard's event files without TensorFlow.
+      from tensorboardX.event_file_writer import EventsWriter
+      from tensorboardX.proto import event_pb2
+      self._event_pb2 = event_pb2
+      jsonl = os.path.join(workdir, 'metrics.jsonl')
+      try:
+        self._events = EventsWriter(os.path.join(workdir, 'events'))
+        if resume_step:  # TensorBoard drops what a killed run logged after the restored step
+          self._events.write_event(event_pb2.Event(
+              wall_time=time.time(), step=resume_step + 1,
+              session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        truncate_after(jsonl, resume_step)
+        self._jsonl = open(jsonl, 'a', encoding='utf-8')
+      except OSError as e:
+        raise OutputError(f'Writing the metrics into {workdir} failed '
+                          f'({e.strerror or e}).') from None
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
+    from tensorboardX import summary
     scalars = {k: float(v) for k, v in scalars.items()}
-    for k, v in scalars.items():
-      self._tb.add_scalar(k, v, global_step=step)
     record = {'step': step, 'time': round(time.time(), 3)}
     record.update({k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()})
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    try:
+      for k, v in scalars.items():
+        self._events.write_event(self._event_pb2.Event(
+            wall_time=record['time'], step=step, summary=summary.scalar(k, v)))
+      self._events.flush()
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
+    except OSError as e:
+      raise OutputError(f'Writing the metrics of step {step} failed ({e.strerror or e}).'
+                        ) from None
     if self.progress is not None:
       self.progress.clear()  # the log line replaces the live line, which the next step redraws
     logging.info('step %d: %s', step, ', '.join(f'{k}={_fmt(v)}' for k, v in scalars.items()))
 
-  def flush(self) -> None:
-    if self.enabled:
-      self._tb.flush()
-      self._jsonl.flush()
-
   def close(self) -> None:
     if self.enabled:
-      self._tb.close()
       self._jsonl.close()
+      self._events.close()
 
 
 class Progress:

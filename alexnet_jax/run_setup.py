@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 
 import jax
@@ -23,6 +24,7 @@ from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import sharding
 from alexnet_jax import steps as steps_lib
+from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import stream
 from alexnet_jax.data import transforms
@@ -76,13 +78,32 @@ def _one_of(name: str, value, choices) -> None:
   _require(value in choices, f'{name}={value!r} is not one of {", ".join(choices)}.')
 
 
+def _validate_numbers(config) -> None:
+  """Every number in the config is finite (an infinite learning rate would fail a minute
+  into training), in every group and tuple."""
+  def walk(value, name):
+    if isinstance(value, dict):
+      for k, v in value.items():
+        walk(v, f'{name}.{k}' if name else k)
+    elif isinstance(value, (tuple, list)):
+      for v in value:
+        walk(v, name)
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f'{name}={value} must be a finite number.')
+  walk(config.to_dict(), '')
+
+
 def _validate_training(config) -> None:
+  _validate_numbers(config)
   positive = {'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size,
               'log_every_steps': config.log_every_steps,
               'checkpoint_every_steps': config.checkpoint_every_steps,
               'keep_checkpoints': config.keep_checkpoints,
               'plateau_patience': config.plateau_patience,
-              'model.num_towers': config.model.num_towers}
+              'model.num_towers': config.model.num_towers,
+              'model.conv1_stride': config.model.conv1_stride,
+              'model.fc_features': config.model.fc_features,
+              'data.image_size': config.data.image_size}
   if config.dataset == 'synthetic':
     positive.update({'data.synthetic_train_examples': config.data.synthetic_train_examples,
                      'data.synthetic_eval_examples': config.data.synthetic_eval_examples})
@@ -92,17 +113,37 @@ def _validate_training(config) -> None:
                       'num_train_steps': config.num_train_steps}.items():
     _require(value != 0 and value >= -1, f'{name}={value} must be at least 1, or -1 for once '
              'per epoch.')
+  _require(config.data.num_classes >= 2, f'data.num_classes={config.data.num_classes} must be '
+           'the number of classes of the dataset, at least 2.')
+  _require(config.data.channels in (1, 3),
+           f'data.channels={config.data.channels} must be 1 (grey) or 3 (RGB).')
+  _require(0 <= config.seed < 2**32, f'seed={config.seed} must be in [0, 2**32).')
   _require(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive.')
   _require(config.lr_factor > 0, f'lr_factor={config.lr_factor} must be positive.')
   _one_of('lr_schedule', config.lr_schedule, optimizer_lib.SCHEDULES)
+  boundaries = tuple(config.lr_boundaries)
+  _require(all(0 < b < 1 for b in boundaries) and list(boundaries) == sorted(set(boundaries)),
+           f'lr_boundaries={boundaries} must be increasing fractions of training in (0, 1).')
+  _require(config.plateau_max_drops >= 0,
+           f'plateau_max_drops={config.plateau_max_drops} must not be negative.')
   _one_of('on_nonfinite_loss', config.on_nonfinite_loss, NONFINITE)
   _require(0 <= config.momentum < 1, f'momentum={config.momentum} must be in [0, 1).')
   _require(config.weight_decay >= 0,
            f'weight_decay={config.weight_decay} must not be negative.')
   _require(0 <= config.model.dropout_rate < 1,
            f'model.dropout_rate={config.model.dropout_rate} must be in [0, 1).')
-  _require(config.num_epochs >= 1 or config.num_train_steps >= 1,
-           'Set num_epochs or num_train_steps to at least 1.')
+  _require(config.model.init_std > 0, f'model.init_std={config.model.init_std} must be '
+           'positive.')
+  for name in ('conv_features', 'conv_kernels'):
+    value = tuple(config.model[name])
+    _require(len(value) == len(model_lib.CONV_LAYERS) and all(v >= 1 for v in value),
+             f'model.{name}={value} must be {len(model_lib.CONV_LAYERS)} positive numbers, one '
+             'per convolution (conv1-conv5).')
+  _require(all(k % 2 for k in tuple(config.model.conv_kernels)[1:]),
+           f'model.conv_kernels={tuple(config.model.conv_kernels)} must be odd after conv1: '
+           'conv2-conv5 keep the map size with k // 2 pixels of padding.')
+  _require(config.data.max_bad_records >= -1,
+           f'data.max_bad_records={config.data.max_bad_records} must be -1 (any) or more.')
   _one_of('model.dtype', config.model.dtype, DTYPES)
   p = config.profile
   _require(p.start_step < 0 or p.num_steps >= 1,
@@ -153,36 +194,25 @@ def validate(config, layout: sharding.Layout) -> None:
   _validate_data(config)
   layout.check_batch(config.batch_size)
   layout.check_batch(config.eval_batch_size, 'eval_batch_size')
-  model_spec(config).param_shapes()  # raises if the image is too small for the network
+  _validate_model(model_spec(config))
 
 
-# ---- the workdir ------------------------------------------------------------------------
-
-
-def check_workdir(workdir: str) -> None:
-  """A workdir that is a file, or that cannot be created or written, fails before anything
-  is read or written. (root passes `os.access` everywhere: its failures surface at the first
-  write, `write_run_record`, still before anything else is written or compiled.)"""
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise ConfigError(f'--workdir={workdir} is a file, not a directory.')
-  existing = path
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ConfigError(f'--workdir={workdir} cannot be created because {existing} is a file.')
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise ConfigError(f'--workdir={workdir} is not writable ({existing} does not allow it).')
-
-
-def write_run_record(workdir: str, run: dict) -> None:
-  """Writes the workdir and run.json (a run's first write)."""
+def _validate_model(spec: model_lib.AlexNetSpec) -> None:
+  """The network the spec describes can be built: its shapes are traced (nothing runs)."""
+  spec.param_shapes()  # raises ConfigError if the image is too small for the network
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'run.json'), 'w', encoding='utf-8') as f:
-      json.dump(run, f, indent=2)
-  except OSError as e:
-    raise ConfigError(f'--workdir={workdir} is not writable ({e.strerror}).') from e
+    params = jax.eval_shape(lambda: model_lib.init_params(jax.random.key(0), spec))
+    images = jax.ShapeDtypeStruct((1, spec.image_size, spec.image_size, spec.in_channels),
+                                  jnp.float32)
+    jax.eval_shape(functools.partial(model_lib.apply, spec=spec), params, images)
+  except ConfigError:
+    raise
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'The model config cannot build a network for {spec.image_size}x'
+                      f'{spec.image_size} images ({str(e).splitlines()[0][:200]}).') from None
+
+
+# ---- what run.json records --------------------------------------------------------------
 
 
 def describe_run(config, layout: sharding.Layout, spec: model_lib.AlexNetSpec) -> dict:
@@ -249,12 +279,13 @@ def check_checkpoint_config(config, spec: model_lib.AlexNetSpec, meta: dict, pat
 class Setup:
   """Layout, checked config, data, optimizer and the latest restorable checkpoint (or
   `checkpoint_step`'s). Building it writes nothing, so a failure leaves the workdir as it
-  was."""
+  was. `writable=False` (evaluation) only reads the workdir, which may then be read-only."""
 
-  def __init__(self, config, workdir: str, checkpoint_step: int | None = None):
+  def __init__(self, config, workdir: str, checkpoint_step: int | None = None,
+               writable: bool = True):
     self.layout = build_layout(config)
     validate(config, self.layout)
-    check_workdir(workdir)
+    workdir_lib.check(workdir, writable)
     self.spec = model_spec(config)
     self.dtype = compute_dtype(config)
     self.data = input_pipeline.load(config)
@@ -271,11 +302,13 @@ class Setup:
     self.eval_every = (config.eval_every_steps if config.eval_every_steps > 0
                        else loader.steps_per_epoch)
     self.tx = make_optimizer(config, self.total_steps)
+    abstract = steps_lib.abstract_train_state(self.spec, self.tx, self.layout)
+    if writable:
+      workdir_lib.check_space(workdir, checkpointing.state_bytes(abstract))
     self.state, self.meta, self.damaged, self.checkpoint_path = None, None, [], None
     ckpts = checkpointing.Checkpoints(workdir, read_only=True)
     try:
       if ckpts.steps():
-        abstract = steps_lib.abstract_train_state(self.spec, self.tx, self.layout)
         self.state, self.meta, self.damaged = ckpts.restore(
             abstract, functools.partial(check_checkpoint_config, config, self.spec),
             checkpoint_step)

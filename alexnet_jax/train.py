@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import time
 
 import jax
@@ -20,15 +21,18 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import checkpointing
+from alexnet_jax import errors
 from alexnet_jax import evaluation
 from alexnet_jax import figures
 from alexnet_jax import flops as flops_lib
+from alexnet_jax import interrupts
 from alexnet_jax import metrics as metrics_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import profiling
 from alexnet_jax import run_setup
 from alexnet_jax import sharding
 from alexnet_jax import steps as steps_lib
+from alexnet_jax import workdir as workdir_lib
 
 
 class Hooks:
@@ -53,18 +57,24 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last eval.
 
   A resumed run continues with exactly the batch after the checkpoint's step, and its
-  results are bitwise those of an uninterrupted run.
+  results are bitwise those of an uninterrupted run. SIGTERM and SIGINT end the run after
+  the current step with a checkpoint of it (`interrupts.Interrupted`).
   """
   hooks = hooks or Hooks()
+  lock = workdir_lib.RunLock(workdir)
+  workdir_lib.on_process_zero(lock.check_free)  # a busy workdir fails before anything else
   setup = run_setup.Setup(config, workdir)
   layout, spec, total = setup.layout, setup.spec, setup.total_steps
+  if setup.start_step >= total:
+    return _already_trained(workdir, setup)
   is_main = jax.process_index() == 0
-  record = _RunRecord(config, workdir, setup, is_main)  # run.json: the first write
   with contextlib.ExitStack() as stack:
+    workdir_lib.on_process_zero(lambda: stack.enter_context(lock))  # the first write
+    record = _RunRecord(config, workdir, setup, is_main)
     saver = stack.enter_context(_Saver(config, workdir, setup, hooks.after_save))
-    writer = stack.enter_context(contextlib.closing(
+    writer = stack.enter_context(_closed_at_exit(
         metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=setup.start_step)))
-    profiler = stack.enter_context(contextlib.closing(
+    profiler = stack.enter_context(_closed_at_exit(
         profiling.Profiler(config.profile, workdir, setup.start_step + 1, total)))
     log = _TrainLog(config, setup, record, writer)
     state = setup.state if setup.state is not None else steps_lib.create_train_state(
@@ -76,13 +86,14 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
         evaluation.evaluate, steps_lib.make_eval_step(spec, layout, setup.dtype,
                                                       mean=setup.data.mean),
         data=setup.data, layout=layout, batch_size=config.eval_batch_size)
-    logging.info('Training %d steps of %d images (%d per epoch) on mesh %s, %d parameters.',
-                 total, config.batch_size, setup.data.loader.steps_per_epoch,
-                 sharding.describe(layout), spec.num_params())
+    logging.info('Training steps %d-%d of %d images (%d per epoch) on mesh %s, %d parameters.',
+                 setup.start_step + 1, total, config.batch_size,
+                 setup.data.loader.steps_per_epoch, sharding.describe(layout), spec.num_params())
     last_eval: dict[str, float] = {}
-    batches = setup.data.loader.batches(setup.start_step, total - setup.start_step,
-                                        layout.batch_sharding(), layout.label_sharding(),
-                                        config.data.prefetch)
+    batches = stack.enter_context(_closed_at_exit(setup.data.loader.batches(
+        setup.start_step, total - setup.start_step, layout.batch_sharding(),
+        layout.label_sharding(), config.data.prefetch)))
+    stop = stack.enter_context(interrupts.StopSignals())
     for step, (images, labels) in zip(range(setup.start_step + 1, total + 1), batches):
       images, labels = hooks.before_step(step, images, labels)
       train_step = log.compiled(train_step, state, images, labels)
@@ -102,33 +113,63 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
         log.check_finite(saver.last_good)  # never save a NaN state as 'good'
         saver.save(step, state)
       hooks.after_step(step)
+      saver.check()  # a failed background save ends the run here, not at the next save
+      if stop.should_stop(step) and step < total:
+        log.flush(step, state, saver.last_good)
+        saver.save(step, state, wait=True)
+        raise interrupts.Interrupted(f'{stop.received} after step {step} of {total}; the '
+                                     f'checkpoint {saver.last_good} is written, and '
+                                     'rerunning the same command continues from it.')
     profiler.close(state)
     log.progress.clear()
   return last_eval
+
+
+@contextlib.contextmanager
+def _closed_at_exit(thing):
+  """`thing`, closed on the way out; when the run is already ending with an error, a failure
+  to close (a full disk under the metric writer) is logged, not raised over it."""
+  try:
+    yield thing
+  except BaseException:
+    try:
+      thing.close()
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Closing %s after the error failed too: %s', type(thing).__name__, e)
+    raise
+  thing.close()
+
+
+def _already_trained(workdir: str, setup: run_setup.Setup) -> dict[str, float]:
+  """A rerun of a finished run: nothing is trained or written; the last evaluation is read
+  back from metrics.jsonl."""
+  logging.info('%s is already trained to step %d of %d: nothing to do.', workdir,
+               setup.start_step, setup.total_steps)
+  evals = [r for r in figures.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+           if 'eval/top1' in r and r.get('step') == setup.start_step]
+  return {k: v for k, v in evals[-1].items() if k.startswith('eval/')} if evals else {}
 
 
 # ---- the named steps of the loop ------------------------------------------------------------
 
 
 class _RunRecord:
-  """run.json: the resolved config, versions, devices, mesh, parameter count, the peak FLOP/s
-  used for MFU and, once compiled, the train step's FLOPs."""
+  """run.json (`workdir.RunRecord`): the resolved config, versions, devices, mesh, parameter
+  count, the peak FLOP/s used for MFU and, once compiled, the train step's FLOPs."""
 
   def __init__(self, config, workdir: str, setup: run_setup.Setup, is_main: bool):
-    self.workdir, self.is_main = workdir, is_main
-    self.run = run_setup.describe_run(config, setup.layout, setup.spec)
-    self.run['resumed_from_step'] = setup.start_step
+    self.is_main = is_main
+    run = run_setup.describe_run(config, setup.layout, setup.spec)
+    run['start_step'] = setup.start_step
     self.peak = {'total': None, 'per_device': None, 'source': 'not measured on this process'}
     if is_main:
       self.peak = flops_lib.peak_flops(list(setup.layout.mesh.devices.ravel()),
                                        config.model.dtype)
-    self.run['peak_flops'] = self.peak
-    self.write()
+    run['peak_flops'] = self.peak
+    self.record = workdir_lib.RunRecord(workdir, run, enabled=is_main)
 
   def write(self, **fields) -> None:
-    self.run.update(fields)
-    if self.is_main:
-      run_setup.write_run_record(self.workdir, self.run)
+    self.record.update(**fields)
 
 
 class _TrainLog:
@@ -185,6 +226,11 @@ class _TrainLog:
                else 'no checkpoint was written before it')
       raise FloatingPointError(f'The training loss is {bad[1]} at step {bad[0]}; {where}.')
 
+  def flush(self, step: int, state, last_good: str | None) -> None:
+    """Logs the steps since the last log line, if any (a run stopping early)."""
+    if self.pending:
+      self.write(step, state, last_good)
+
   def write(self, step: int, state, last_good: str | None) -> None:
     host = jax.device_get(self.pending)
     self.check_finite(last_good, host)
@@ -231,16 +277,22 @@ class _Saver:
       self.plateau = optimizer_lib.Plateau(**setup.meta['plateau'])
       self.last_good = self.ckpt.path(setup.start_step)
       logging.info('Resumed from %s.', self.last_good)
-      if setup.start_step >= setup.total_steps:
-        logging.info('%s is already trained to step %d of %d.', workdir, setup.start_step,
-                     setup.total_steps)
     self.config_json = run_setup.config_dict(config)
 
   def __enter__(self):
     return self
 
-  def __exit__(self, *exc):
-    self.ckpt.close()
+  def __exit__(self, exc_type, *exc):
+    failing = exc_type is not None and exc_type is not interrupts.Interrupted
+    if failing and issubclass(exc_type, (OSError, errors.OutputError)):
+      # A full disk shows first wherever the run writes next; a failed save in flight is the
+      # error that says which checkpoint survived, so it is the one reported.
+      self.ckpt.close()
+    else:
+      self.ckpt.close(failing=failing)
+
+  def check(self) -> None:
+    self.ckpt.check_errors()
 
   def schedule(self, state, evaluation_result: dict, layout):
     """The state with the learning rate divided when the plateau schedule says so."""
@@ -253,7 +305,14 @@ class _Saver:
     hyperparams = dict(state.opt_state.hyperparams, learning_rate=lr)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
 
-  def save(self, step: int, state) -> None:
+  def save(self, step: int, state, wait: bool = False) -> None:
+    """Saves `step` in the background (`wait`: and waits for it), once."""
+    if self.last_good != self.ckpt.path(step):
+      self._save(step, state)
+    if wait:
+      self.ckpt.wait()
+
+  def _save(self, step: int, state) -> None:
     data = self.setup.data
     meta = {'step': step, 'loader': {'step': step, 'seed': self.config.seed},
             'plateau': self.plateau.state_dict(), 'config': self.config_json,
@@ -266,5 +325,10 @@ def _write_figures(state, workdir: str, step: int, is_main: bool) -> None:
   """conv1's kernels per tower and the curves so far, into <workdir>/figures/."""
   kernel = sharding.host_array(state.params['conv1']['kernel'])
   if is_main:
-    figures.save_conv1(kernel, workdir, step)
-    figures.save_curves(workdir)
+    out = os.path.join(workdir, figures.FIGURES_DIR)
+    try:
+      figures.save_conv1(kernel, out, step)
+      figures.save_curves(workdir, out)
+    except OSError as e:
+      raise errors.OutputError(f'Writing the figures of step {step} into {out} failed '
+                               f'({e.strerror or e}).') from None

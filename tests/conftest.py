@@ -1,9 +1,13 @@
 """Test configuration: 8 CPU devices for the mesh tests and XLA:CPU's settings, set before
-JAX initialises; absl flags marked parsed as launch.py parses them (grain reads its flags)."""
+JAX initialises; absl flags marked parsed as launch.py parses them (grain reads its flags);
+and no test may leave a process behind."""
 
+import ctypes
 import os
+import signal
 
 from absl import flags
+import pytest
 
 from alexnet_jax import xla_cpu
 
@@ -11,3 +15,58 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 xla_cpu.configure()
 flags.FLAGS.mark_as_parsed()
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pytest_configure(config):
+  del config
+  # Orphaned grandchildren (a launch.py's worker processes) are re-parented to this process,
+  # so that the check below sees them too.
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+  except (OSError, AttributeError):
+    pass
+
+
+def _children() -> dict[int, str]:
+  """{pid: command} of this process's live children (zombies are reaped)."""
+  while True:
+    try:
+      pid, _ = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+      break
+    if pid == 0:
+      break
+  out = {}
+  me = str(os.getpid())
+  for entry in os.listdir('/proc'):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f'/proc/{entry}/stat', encoding='utf-8') as f:
+        stat = f.read()
+      fields = stat[stat.rindex(')') + 2:].split()
+      if fields[1] == me and fields[0] != 'Z':
+        with open(f'/proc/{entry}/cmdline', 'rb') as f:
+          out[int(entry)] = f.read().replace(b'\0', b' ').decode(errors='replace')[:200]
+    except (OSError, ValueError):
+      continue
+  return out
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_its_test():
+  before = set(_children())
+  yield
+  # multiprocessing's resource tracker (started by grain's worker processes in this process)
+  # serves the whole test session and ends with it.
+  left = {pid: cmd for pid, cmd in _children().items()
+          if pid not in before and 'multiprocessing.resource_tracker' not in cmd}
+  for pid in left:
+    try:
+      os.kill(pid, signal.SIGKILL)
+    except OSError:
+      pass
+  _children()  # reap them
+  assert not left, f'processes outlived the test: {left}'

@@ -1,16 +1,25 @@
 """launch.py with faults injected through the training loop's hooks (`train.Hooks`):
 
-  python -m tests.faults --faults=kill_after_step=3,kill_after_save=6,nan_at_step=4 \\
-      --config=... --workdir=...
+  python -m tests.faults --faults=kill_after_step=3,nan_at_step=4 --config=... --workdir=...
 
-kill_after_step: SIGKILL this process after step N; kill_after_save: right after the
-asynchronous save of step N has started; nan_at_step: a NaN in every pixel of batch N
-(through the PCA shift). Production code has no fault switches; only this wrapper does.
+  kill_after_step=N       SIGKILL this process after step N
+  kill_after_save=N       SIGKILL it right after the asynchronous save of step N has started
+  nan_at_step=N           a NaN in every pixel of batch N (through the PCA shift)
+  term_at_step=N          SIGTERM to this process while step N runs
+  int_at_step=N           SIGINT likewise
+  int_twice_at_step=N     two SIGINTs while step N runs
+  term_after_save=N       SIGTERM right after the asynchronous save of step N has started
+  int_after_save=N        SIGINT likewise
+  fill_disk_after_step=N  fill the workdir's file system after step N, leaving 32 KiB
+  process=P               inject only on process P (default: every process)
+
+Production code has no fault switches; only this wrapper does.
 """
 
 import os
 import signal
 import sys
+import time
 
 from absl import flags
 
@@ -18,14 +27,42 @@ import launch
 
 flags.DEFINE_string('faults', '', 'Comma-separated name=step faults to inject.')
 
+FILLER = 'disk_filler'
+
+
+def fill_disk(directory: str, leave: int = 32 << 10) -> None:
+  """Writes FILLER into `directory` until its file system has `leave` bytes free, once the
+  checkpoint being saved (if any) is complete."""
+  checkpoints = os.path.join(directory, 'checkpoints')
+  for _ in range(300):  # orbax writes a step into a temporary directory, then renames it
+    if not any('tmp' in n for n in os.listdir(checkpoints)):
+      break
+    time.sleep(0.1)
+  path = os.path.join(directory, FILLER)
+  with open(path, 'wb') as f:
+    while True:
+      free = os.statvfs(directory).f_bavail * os.statvfs(directory).f_frsize
+      if free <= leave:
+        break
+      try:
+        f.write(b'\0' * min(free - leave, 1 << 20))
+        f.flush()
+      except OSError:
+        break
+
 
 def make_hooks():
+  import jax
   import jax.numpy as jnp
   from alexnet_jax import train
 
   items = dict(kv.split('=') for kv in flags.FLAGS.faults.split(',') if kv)
-  at = {name: int(items.get(name, -1))
-        for name in ('kill_after_step', 'kill_after_save', 'nan_at_step')}
+  process = int(items.pop('process', -1))
+  at = {name: int(step) for name, step in items.items()}
+  active = process < 0 or jax.process_index() == process
+
+  def fault(name, step):
+    return active and at.get(name) == step
 
   def kill():
     sys.stdout.flush()
@@ -35,17 +72,29 @@ def make_hooks():
   class Faults(train.Hooks):
 
     def before_step(self, step, images, labels):
-      if step == at['nan_at_step']:
+      if fault('nan_at_step', step):
         images = dict(images, shift=images['shift'] * jnp.nan)
+      if fault('term_at_step', step):
+        os.kill(os.getpid(), signal.SIGTERM)
+      if fault('int_at_step', step) or fault('int_twice_at_step', step):
+        os.kill(os.getpid(), signal.SIGINT)
+      if fault('int_twice_at_step', step):
+        os.kill(os.getpid(), signal.SIGINT)
       return images, labels
 
     def after_step(self, step):
-      if step == at['kill_after_step']:
+      if fault('kill_after_step', step):
         kill()
+      if fault('fill_disk_after_step', step):
+        fill_disk(flags.FLAGS.workdir)
 
     def after_save(self, step):
-      if step == at['kill_after_save']:
+      if fault('kill_after_save', step):
         kill()
+      if fault('term_after_save', step):
+        os.kill(os.getpid(), signal.SIGTERM)
+      if fault('int_after_save', step):
+        os.kill(os.getpid(), signal.SIGINT)
 
   return Faults()
 

@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import warnings
 
 import numpy as np
 
@@ -89,18 +88,17 @@ def steps_on_disk(workdir) -> list[int]:
 
 
 def load_state(workdir, step):
-  """The arrays of a checkpoint as numpy, whatever mesh wrote them."""
+  """The arrays of a checkpoint as numpy, whatever mesh or processes wrote them."""
   import jax
   import orbax.checkpoint as ocp
-  mngr = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints',
-                               options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_names=('state', 'meta', 'inputs'))
-  meta = mngr.item_metadata(step)['state']
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-  with warnings.catch_warnings():  # orbax warns that numpy arrays have no sharding to restore
-    warnings.filterwarnings('ignore', 'Sharding info not provided', UserWarning)
-    return mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(restore_args=args)))['state']
+  path = pathlib.Path(workdir).absolute() / 'checkpoints' / str(step) / 'state'
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=one_device, global_shape=m.shape,
+                                                     dtype=m.dtype), tree)
+  state = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+  return jax.tree.map(np.asarray, state)
 
 
 def assert_bitwise_equal(a, b):

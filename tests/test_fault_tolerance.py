@@ -197,6 +197,8 @@ def test_nonfinite_loss(xla_cache, tmp_path, policy):
 
 @pytest.mark.slow
 def test_bad_input_fails_in_one_sentence_and_leaves_the_workdir(xla_cache, trained, tmp_path):
+  """Each bad flag, config value, config file or workdir exits 1 with one `error:` sentence
+  and no traceback, before anything is written."""
   workdir = tmp_path / 'run'
   shutil.copytree(trained, workdir)
   a_file = tmp_path / 'a_file'
@@ -205,23 +207,66 @@ def test_bad_input_fails_in_one_sentence_and_leaves_the_workdir(xla_cache, train
   unwritable = (tmp_path / 'locked' / 'run') if os.geteuid() else pathlib.Path('/proc/alexnet/run')
   if os.geteuid():
     (tmp_path / 'locked').mkdir(mode=0o500)
-  cases = {
+  (tmp_path / 'syntax.py').write_text('import ml_collections\n\ndef get_config(:\n  pass\n')
+  (tmp_path / 'no_get_config.py').write_text('import ml_collections\n\ndef config():\n'
+                                             '  return ml_collections.ConfigDict()\n')
+  (tmp_path / 'raises.py').write_text('def get_config():\n  return 1 / 0\n')
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  synthetic = 'configs/synthetic.py'
+  cases = {  # name: (workdir, extra flags, expected in the error line, config file)
       'unknown field': (workdir, ['--config.learning_ratee=0.1'],
                         '--config.learning_ratee is not a config field (did you mean '
-                        'learning_rate?)'),
-      'wrong type': (workdir, ['--config.batch_size=sixteen'], '--config.batch_size=sixteen'),
+                        'learning_rate?)', synthetic),
+      'wrong type': (workdir, ['--config.batch_size=sixteen'], '--config.batch_size=sixteen',
+                     synthetic),
       'negative lr': (workdir, ['--config.learning_rate=-0.1'],
-                      'learning_rate=-0.1 must be positive.'),
-      'zero batch': (workdir, ['--config.batch_size=0'], 'batch_size=0 must be at least 1.'),
-      'workdir is a file': (a_file, [], 'is a file, not a directory.'),
-      'workdir not writable': (unwritable, [], 'is not writable'),
+                      'learning_rate=-0.1 must be positive.', synthetic),
+      'infinite lr': (workdir, ['--config.learning_rate=inf'],
+                      'learning_rate=inf must be a finite number.', synthetic),
+      'zero batch': (workdir, ['--config.batch_size=0'], 'batch_size=0 must be at least 1.',
+                     synthetic),
+      'no classes': (workdir, ['--config.data.num_classes=0'],
+                     'data.num_classes=0 must be the number of classes', synthetic),
+      'one class': (workdir, ['--config.data.num_classes=1'],
+                    'data.num_classes=1 must be the number of classes', synthetic),
+      'negative seed': (workdir, ['--config.seed=-1'], 'seed=-1 must be in', synthetic),
+      'four convolutions': (workdir, ['--config.model.conv_features=(8,16,24,24)'],
+                            'must be 5 positive numbers', synthetic),
+      'even kernels': (workdir, ['--config.model.conv_kernels=(3,4,3,3,3)'],
+                       'must be odd after conv1', synthetic),
+      'two channels': (workdir, ['--config.data.channels=2'], 'data.channels=2 must be 1',
+                       synthetic),
+      'bad boundaries': (workdir, ['--config.lr_boundaries=(0.5,2.0)'],
+                         'must be increasing fractions', synthetic),
+      'a stray argument': (workdir, ['extra'], 'unexpected arguments: extra', synthetic),
+      'missing config file': (workdir, [], 'there is no such file', 'configs/nope.py'),
+      'config syntax error': (workdir, [], 'invalid syntax at line 3', tmp_path / 'syntax.py'),
+      'config without get_config': (workdir, [], 'defines no get_config()',
+                                    tmp_path / 'no_get_config.py'),
+      'config that raises': (workdir, [], 'ZeroDivisionError', tmp_path / 'raises.py'),
+      'workdir is a file': (a_file, [], 'is a file, not a directory.', synthetic),
+      # (/proc, for root, whom permissions do not stop, fails the disk-space check first.)
+      'workdir not writable': (unwritable, [], 'is not writable' if os.geteuid() else
+                               'MiB free, less than one checkpoint needs', synthetic),
       'resume changes shapes': (workdir, ['--config.model.fc_features=64'],
                                 "changes the model's shapes (model.fc_features=64 (the "
-                                'checkpoint has 32))'),
+                                'checkpoint has 32))', synthetic),
+      'eval without checkpoints': (empty, ['--mode=eval'], 'No restorable checkpoint',
+                                   synthetic),
+      'eval of a missing step': (workdir, ['--mode=eval', '--checkpoint_step=3'],
+                                 'There is no checkpoint for step 3', synthetic),
+      'predict a missing image': (workdir, ['--mode=predict', f'--images={tmp_path}/no.png'],
+                                  'cannot read', synthetic),
   }
-  before = {p: snapshot(p) for p in (workdir, a_file, unwritable)}
-  procs = {name: launch(xla_cache, path, *TRAINED, *extra, devices=2, background=True)
-           for name, (path, extra, _) in cases.items()}
+  before = {p: snapshot(p) for p in (workdir, a_file, unwritable, empty)}
+  def flags(extra):  # a flag given twice would be appended to for tuples: replace it
+    names = {e.split('=')[0] for e in extra}
+    return [a for a in TRAINED if a.split('=')[0] not in names] + extra
+
+  procs = {name: launch(xla_cache, path, *flags(extra), devices=2, config=config,
+                        background=True)
+           for name, (path, extra, _, config) in cases.items()}
   for name, proc in procs.items():
     error = one_error_line(finish(proc))
     assert cases[name][2] in error, (name, error)

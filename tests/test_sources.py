@@ -212,3 +212,27 @@ def test_missing_imagenet_tars_fail_in_one_sentence(tmp_path):
   assert 'data.manual_dir' in message and '\n' not in message
 
 
+
+
+def test_an_undecodable_eval_image_stops_the_storing_and_names_the_file(tmp_path):
+  helpers.make_folder(tmp_path / 'images')
+  png = tmp_path / 'images' / 'test' / 'cat' / '0.png'
+  png.write_bytes(png.read_bytes()[:200])  # truncated
+  source = sources.image_folder_builder(str(tmp_path / 'images'), str(tmp_path / 'tfds'),
+                                        ('train', 'test'))
+  with pytest.raises(BadDataError, match=r'test record \d+ \(cat/0.png\) .* failed to decode'):
+    sources.prepare_resized(source, str(tmp_path / 'tfds'), size=24, max_bad_records=5,
+                            train_split='train')
+
+
+def test_missing_splits_and_classes_without_training_images(tmp_path, caplog):
+  helpers.make_folder(tmp_path / 'images')
+  with pytest.raises(DatasetNotFoundError, match=r'No images in .*images/validation/<class>/'):
+    sources.image_folder_builder(str(tmp_path / 'images'), str(tmp_path / 'tfds'),
+                                 ('train', 'validation'))
+  (tmp_path / 'images' / 'test' / 'bird').mkdir()
+  helpers.photo().crop((0, 0, 50, 50)).save(tmp_path / 'images' / 'test' / 'bird' / '0.jpg')
+  with caplog.at_level('WARNING'):
+    sources.image_folder_builder(str(tmp_path / 'images'), str(tmp_path / 'tfds'),
+                                 ('train', 'test'))
+  assert any("'bird'" in r.message and 'none in' in r.message for r in caplog.records)

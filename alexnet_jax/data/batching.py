@@ -75,26 +75,47 @@ def to_global(local, sharding, global_batch: int):
 
 
 def prefetch(iterator, size: int):
-  """Runs `iterator` in a thread, `size` items ahead; re-raises its errors here."""
+  """Runs `iterator` in a thread, `size` items ahead; re-raises its errors here. Closing the
+  generator (a run ending early) stops the thread and closes `iterator`, so that no decode
+  thread or worker process outlives the run."""
   if size <= 0:
     yield from iterator
     return
   q: queue.Queue = queue.Queue(maxsize=size)
-  done = object()
+  done, stop = object(), threading.Event()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
 
   def worker():
     try:
       for item in iterator:
-        q.put(item)
-      q.put(done)
+        if not put(item):
+          return
+      put(done)
     except BaseException as e:  # pylint: disable=broad-except
-      q.put(e)
+      put(e)
+    finally:
+      close = getattr(iterator, 'close', None)
+      if close is not None:
+        close()
 
-  threading.Thread(target=worker, daemon=True).start()
-  while (item := q.get()) is not done:
-    if isinstance(item, BaseException):
-      raise item
-    yield item
+  thread = threading.Thread(target=worker, daemon=True)
+  thread.start()
+  try:
+    while (item := q.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    thread.join(timeout=10)
 
 
 class EpochOrder:

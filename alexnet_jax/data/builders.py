@@ -185,21 +185,22 @@ class ImageFolderNoTF(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Images of a source dataset, resized and centre-cropped once
-  (`transforms.resize_and_centre_crop`) and stored as JPEG."""
+  (`transforms.resize_and_centre_crop`) and stored as JPEG. Undecodable records of the
+  training split are left out (up to `max_bad_records`); any in another split is an error."""
 
   name = 'prepared_images'
   VERSION = tfds.core.Version('1.0.0')
 
   def __init__(self, *, source, size: int, quality: int, max_bad_records: int = 100,
-               **kwargs):
+               train_split: str = 'train', **kwargs):
     self._source, self._size, self._quality = source, size, quality
-    self._max_bad, self._bad = max_bad_records, 0
+    self._max_bad, self._bad, self._train_split = max_bad_records, 0, train_split
     config = tfds.core.BuilderConfig(
         name=f'{source.name}_{source.builder_config.name + "_" if source.builder_config else ""}'
              f'{source.version}_{size}_q{quality}'.replace('.', '_'))
     super().__init__(config=config, **kwargs)
     self._original_state = dict(kwargs, source=source, size=size, quality=quality,
-                                max_bad_records=max_bad_records)
+                                max_bad_records=max_bad_records, train_split=train_split)
 
   def _info(self):
     features = self._source.info.features
@@ -229,8 +230,12 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       try:
         array = transforms.decode(example['image'], self._size, channels)
       except transforms.DECODE_ERRORS as e:
-        self._bad += 1
         name = transforms.record_name(example)
+        if split != self._train_split:
+          raise BadDataError(f'{split} record {i}{name} of {self._source.name} failed to '
+                             f'decode ({e}); the evaluation split must be readable in '
+                             'full.') from e
+        self._bad += 1
         logging.warning('Not storing %s record %d%s, which fails to decode (%d so far): %s',
                         split, i, name, self._bad, e)
         if self._bad > self._max_bad >= 0:

@@ -10,6 +10,7 @@ corners and the centre of the padded image and their reflections.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -64,7 +65,8 @@ def load_splits(config) -> tuple[Split, Split, tuple[str, ...]]:
     train, evals = make(d.synthetic_train_examples), make(d.synthetic_eval_examples)
     return train, evals, tuple(str(i) for i in range(d.num_classes))
   builder = sources.process_zero_first(
-      lambda: sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder))
+      lambda: sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder,
+                                    (d.train_split, d.eval_split)))
   train = Split(*sources.load_arrays(builder, d.train_split))
   evals = Split(*sources.load_arrays(builder, d.eval_split))
   return train, evals, sources.class_names(builder)
@@ -74,6 +76,9 @@ def load(config) -> batching.Data:
   """The memory pipeline of `config` (`input_pipeline.load` with data.pipeline=memory)."""
   d = config.data
   train, evals, names = load_splits(config)
+  for label in sorted(set(np.unique(evals.labels)) - set(np.unique(train.labels))):
+    logging.warning('Class %r has eval images but no training images: the network cannot '
+                    'learn it.', names[label] if label < len(names) else label)
   info = batching.DataInfo(num_classes=len(names), image_size=train.images.shape[1],
                            channels=train.images.shape[3], num_train=len(train.labels),
                            num_eval=len(evals.labels), class_names=names)

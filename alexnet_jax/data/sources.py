@@ -25,7 +25,7 @@ import struct
 
 import numpy as np
 
-from alexnet_jax.errors import ConfigError, DatasetNotFoundError
+from alexnet_jax.errors import BadDataError, ConfigError, DatasetNotFoundError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 EMBEDDED_FASHION_MNIST = REPO_ROOT / 'data' / 'fashion_mnist'
@@ -105,9 +105,10 @@ def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None):
   return tfds.builder('imagenet2012', data_dir=data_dir)
 
 
-def image_folder_builder(root: str, data_dir: str | None):
+def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...] = ()):
   """The prepared tfds dataset of a folder <root>/<split>/<class>/<image> (splits such as
-  train/ and test/), built into `data_dir` on first use."""
+  train/ and test/), built into `data_dir` on first use. `splits` (train first) must be
+  there; a class with images in another split but none in the first is warned about."""
   path = pathlib.Path(root).expanduser()
   if not path.is_dir():
     raise DatasetNotFoundError(
@@ -116,27 +117,45 @@ def image_folder_builder(root: str, data_dir: str | None):
   from alexnet_jax.data import builders
   builder = builders.ImageFolderNoTF(root=str(path), data_dir=data_dir,
                                      file_format='array_record')
-  if not builder.splits:
+  missing = [s for s in splits if s not in builder.splits]
+  if not builder.splits or missing:
     raise DatasetNotFoundError(
-        f'No images in {path}/<split>/<class>/: put them in folders such as '
-        f'{path}/train/<class>/ and {path}/test/<class>/ '
-        f'({", ".join(builders.IMAGE_SUFFIXES)}).')
+        f'No images in {path}/{missing[0] if missing else "<split>"}/<class>/: put them in '
+        f'folders such as {path}/{splits[0] if splits else "train"}/<class>/ and '
+        f'{path}/{splits[-1] if splits else "test"}/<class>/ '
+        f'({", ".join(builders.IMAGE_SUFFIXES)}; data.train_split, data.eval_split).')
+  if splits:
+    trained = {c for c, files in builder.splits[splits[0]].items() if files}
+    for split in splits[1:]:
+      for cls in sorted(c for c, files in builder.splits[split].items()
+                        if files and c not in trained):
+        logging.warning('Class %r has images in %s/%s/ but none in %s/%s/: the network '
+                        'cannot learn it.', cls, path, split, path, splits[0])
   return _prepare(builder, f'the image folder {path}')
 
 
 def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
-                    quality: int = 95, max_bad_records: int = 100):
+                    quality: int = 95, max_bad_records: int = 100,
+                    train_split: str = 'train'):
   """The paper's stored images ("optionally prepared once and stored"): every split of the
   prepared `source_builder` with images resized so that the shorter side is `size` and
   centre-cropped to size x size, JPEG-encoded, as a tfds array_record dataset in
   `data_dir`, built on first use. Training then decodes small images and only crops.
-  Records that fail to decode are left out with a warning, up to `max_bad_records` (-1: any),
-  past which the preparation stops."""
+  Records of `train_split` that fail to decode are left out with a warning, up to
+  `max_bad_records` (-1: any), past which the preparation stops; one in any other split
+  stops it at once, naming the file: leaving it out would change what evaluation reports."""
   from alexnet_jax.data import builders
   builder = builders.PreparedImages(source=source_builder, size=size, quality=quality,
                                     data_dir=data_dir, file_format='array_record',
-                                    max_bad_records=max_bad_records)
-  return _prepare(builder, f'{source_builder.name} at {size}x{size}')
+                                    max_bad_records=max_bad_records, train_split=train_split)
+  _prepare(builder, f'{source_builder.name} at {size}x{size}')
+  for split, info in source_builder.info.splits.items():
+    stored = builder.info.splits[split].num_examples if split in builder.info.splits else 0
+    if split != train_split and stored != info.num_examples:
+      raise BadDataError(f'{builder.data_dir} holds {stored} of the {info.num_examples} '
+                         f'images of the {split} split (stored by an earlier version that left '
+                         'out images that failed to decode); delete it to store it again.')
+  return builder
 
 
 def process_zero_first(make):
@@ -153,8 +172,9 @@ def process_zero_first(make):
 
 
 def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
-                folder: str | None = None):
-  """The prepared tfds builder of a dataset name (module docstring)."""
+                folder: str | None = None, splits: tuple[str, ...] = ()):
+  """The prepared tfds builder of a dataset name (module docstring); `splits` (train first)
+  are checked where that is cheap (image folders)."""
   import tensorflow_datasets as tfds
 
   if name == 'fashion_mnist':
@@ -165,7 +185,7 @@ def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
     if not folder:
       raise ConfigError('dataset=image_folder needs data.folder, a folder of '
                         '<split>/<class>/<image> files.')
-    return image_folder_builder(folder, data_dir)
+    return image_folder_builder(folder, data_dir, splits)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # unknown name: tfds lists close matches

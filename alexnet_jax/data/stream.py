@@ -246,10 +246,12 @@ def training_builder(config):
   d = config.data
 
   def make():
-    builder = sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder)
+    builder = sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder,
+                                    (d.train_split, d.eval_split))
     if d.prepare_once and d.prepared_size:
       builder = sources.prepare_resized(builder, d.data_dir, d.prepared_size,
-                                        max_bad_records=d.max_bad_records)
+                                        max_bad_records=d.max_bad_records,
+                                        train_split=d.train_split)
     return builder
 
   return sources.process_zero_first(make)
