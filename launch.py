@@ -182,11 +182,27 @@ def main(argv, make_hooks=None):
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Keeps orbax's and tfds's per-save / per-split INFO chatter out of the run's log, and
-  orbax's tracebacks of a failed background save (the run reports it in one line)."""
+  """Keeps orbax's and tfds's per-save / per-split INFO chatter out of the run's log, the
+  warnings in `NOISE`, and orbax's tracebacks of a failed background save (the run reports it
+  in one line)."""
+
+  # Lines every run printed that need nothing from the user, by their start.
+  NOISE = (
+      # jax probes for a TPU on every start; on a machine without one this is expected.
+      "Unable to initialize backend 'tpu'",
+      # tfds: our Fashion-MNIST builder names its config (subset or full) on purpose.
+      'Using custom data configuration',
+      # tfds decodes with Pillow when OpenCV is missing; both decode the same pixels.
+      'OpenCV is not installed',
+      # tfds looks for its own prepared fashion_mnist before building ours from the idx files,
+      # and warns when it finds that folder empty; the build then goes on as it should.
+      'Variant folder',
+  )
 
   def filter(self, record):
     noisy = ('/orbax/', '/tensorflow_datasets/', '/etils/')
+    if record.getMessage().startswith(self.NOISE):
+      return False
     if record.getMessage().startswith('Given directory is read only'):
       return False  # orbax, on our read-only look at the checkpoints before training
     if '/orbax/' in record.pathname and record.exc_info:
@@ -210,9 +226,12 @@ def _unraisable_hook(default):
 
 def run(make_hooks=None):
   sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
-  py_logging.getLogger('absl').addFilter(_QuietLibraries())
+  # On absl's handler, which every logger's records reach (jax logs through its own loggers).
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   app.run(functools.partial(main, make_hooks=make_hooks), flags_parser=parse_flags)
 
 
 if __name__ == '__main__':
+  from alexnet_jax import xla_cpu
+  xla_cpu.preload_tcmalloc()  # re-executes this command once, before anything starts
   run()

@@ -2,8 +2,9 @@
 
 MFU = (FLOPs of one compiled train step) / step_time / (peak FLOP/s of the devices).
 The step's FLOPs come from XLA's cost analysis of the compiled executable (what actually runs,
-optimizer update included); the peak from `PEAK_FLOPS` by device kind, or, on CPU, from a
-matmul timed once at start-up (CPU peaks depend on the host and its load).
+optimizer update included); the peak from config.peak_flops_per_device where set, else from
+`PEAK_FLOPS` by device kind, or, on CPU, from the best matmul measured on this host model so
+far (`host_peak_flops`). run.json's `peak_flops.source` says which.
 
 Why XLA's count is below the reference card's (3.85 GFLOP per 224x224 image and step at large
 batch, against the card's "~3x forward = 4.35"): `analytic_train_flops` derives the count from
@@ -22,7 +23,10 @@ So the compiled step is within ~7% of `analytic_train_flops(spec)` and within 1-
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import platform
 import time
 
 import jax
@@ -99,6 +103,7 @@ def compiled_flops(compiled) -> float | None:
 PEAK_FLOPS = (
     # (device_kind substring, bfloat16, float32)
     ('H100 PCIe', 756e12, 378e12),  # H100 PCIe: 756 bf16, 378 TF32
+    ('H100 NVL', 835e12, 417.5e12),  # H100 NVL: 835 bf16, 417.5 TF32
     ('H100', 989e12, 494.7e12),  # H100 SXM: 989.4 bf16, 494.7 TF32 (66.9 fp32 non-tensor)
     ('H200', 989e12, 494.7e12),  # H200 SXM: same compute as H100 SXM
     ('A100', 312e12, 156e12),  # A100: 312 bf16, 156 TF32 (19.5 fp32 non-tensor)
@@ -110,9 +115,10 @@ PEAK_FLOPS = (
 )
 
 
-def measure_host_flops(n: int = 2048, repeats: int = 3) -> float:
-  """FLOP/s of a float32 n x n matmul on the default device, best of `repeats` (about 1 s on
-  2 CPU cores). On CPU every device of a host shares its cores, so this is the host's peak."""
+def measure_host_flops(n: int = 1024, repeats: int = 10) -> float:
+  """FLOP/s of a float32 n x n matmul on the default device, best of `repeats` short runs
+  (about 0.1 s on 2 CPU cores). On CPU every device of a host shares its cores, so this is the
+  host's peak. The best of several short runs is the figure least moved by other processes."""
   a = jnp.ones((n, n), jnp.float32)
   dot = jax.jit(jnp.dot)
   jax.block_until_ready(dot(a, a))
@@ -124,23 +130,74 @@ def measure_host_flops(n: int = 2048, repeats: int = 3) -> float:
   return 2.0 * n ** 3 / best
 
 
-def peak_flops(devices, dtype_name: str) -> dict:
+def _cpu_model() -> str:
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or 'unknown CPU'
+
+
+def _cache_path() -> str:
+  root = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(root, 'alexnet_jax', 'cpu_peak_flops.json')
+
+
+def host_peak_flops(measure=measure_host_flops, path: str | None = None) -> tuple[float, str]:
+  """This host's float32 FLOP/s: the highest of every measurement taken so far on a host with
+  the same CPU model and core count (kept in ~/.cache/alexnet_jax), this run's included. One
+  matmul on a shared machine varied 2x between runs (5.1e10 to 1.0e11); the running maximum
+  only rises towards the quiet machine's figure, so MFU stays comparable across runs."""
+  path = path or _cache_path()
+  key = f'{_cpu_model()} x {os.cpu_count()} cores'
+  measured = measure()
+  try:
+    with open(path, encoding='utf-8') as f:
+      cache = json.load(f)
+  except (OSError, ValueError):
+    cache = {}
+  entry = cache.get(key, {'flops': 0.0, 'runs': 0})
+  best = max(measured, float(entry.get('flops', 0.0)))
+  cache[key] = {'flops': best, 'runs': int(entry.get('runs', 0)) + 1}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump(cache, f, indent=1)
+    os.replace(tmp, path)
+  except OSError:  # a read-only home: this run's measurement alone
+    return measured, f'measured: best of 10 float32 1024x1024 matmuls on {key} in this run'
+  return best, (f'measured: best float32 1024x1024 matmul on {key} over {cache[key]["runs"]} '
+                f'run(s) ({path}; this run {measured:.4g})')
+
+
+def peak_flops(devices, dtype_name: str, per_device: float = 0.0, measure_host=None) -> dict:
   """The peak FLOP/s of `devices` (all of the run's devices, summed) and where it comes from:
-  {'total', 'per_device', 'source'}; None values where it is unknown (no MFU then)."""
+  {'total', 'per_device', 'source'}; None values where it is unknown (no MFU then).
+
+  `per_device` > 0 (config.peak_flops_per_device) is used as given. Otherwise GPUs and TPUs
+  take their data-sheet peak from `PEAK_FLOPS`, and a CPU host its measured peak
+  (`host_peak_flops`), shared by the host's devices."""
   kind = devices[0].device_kind
+  if per_device > 0:
+    return {'total': per_device * len(devices), 'per_device': per_device,
+            'source': f'config: peak_flops_per_device={per_device:.4g} x {len(devices)} '
+                      'device(s)'}
   if devices[0].platform == 'cpu':
     hosts = len({d.process_index for d in devices})
-    measured = measure_host_flops()
-    logging.info('Peak FLOP/s for MFU measured with a 2048x2048 float32 matmul: %.3g per host.',
-                 measured)
+    measured, source = (measure_host or host_peak_flops)()
+    logging.info('Peak FLOP/s for MFU: %.3g per host (%s).', measured, source)
     return {'total': measured * hosts, 'per_device': measured * hosts / len(devices),
-            'source': f'measured: float32 2048x2048 matmul on {kind}, {measured:.4g} FLOP/s '
-                      f'per host x {hosts} host(s) (CPU devices of a host share its cores)'}
+            'source': f'{source}; x {hosts} host(s) (CPU devices of a host share its cores)'}
   for name, bf16, fp32 in PEAK_FLOPS:
     if name in kind:
       per_device = bf16 if dtype_name == 'bfloat16' else fp32
       return {'total': per_device * len(devices), 'per_device': per_device,
               'source': f'table: {name} {dtype_name} dense peak {per_device:.4g} FLOP/s x '
                         f'{len(devices)} device(s) (alexnet_jax/flops.py PEAK_FLOPS)'}
-  logging.warning('No peak FLOP/s known for device kind %r: no MFU is logged.', kind)
+  logging.warning('No peak FLOP/s known for device kind %r: no MFU is logged '
+                  '(set config.peak_flops_per_device).', kind)
   return {'total': None, 'per_device': None, 'source': f'unknown device kind {kind!r}'}

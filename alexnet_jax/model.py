@@ -30,15 +30,15 @@ Layer table for the ImageNet configuration (per tower, two towers):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.layers import (conv, dropout_masks, local_response_norm, max_pool,  # noqa: F401
+                                space_to_depth_conv)
 
 Params = dict[str, dict[str, jax.Array]]
 
@@ -75,6 +75,10 @@ class AlexNetSpec:
   pool_stride: int = 2
   dropout_rate: float = 0.5
   init_std: float = 0.01  # section 5: N(0, 0.01) for every weight
+  # fc8's weights; -1: init_std (the paper). 0 starts every class at the same logit, so the
+  # first loss is ln(classes) whatever the activations' scale: narrow nets need a larger
+  # init_std to train, and with it N(0, init_std) logits start far from chance.
+  head_init_std: float = -1.0
   init_bias_one: bool = True
 
   @classmethod
@@ -142,115 +146,19 @@ class AlexNetSpec:
 
 
 def init_params(key: jax.Array, spec: AlexNetSpec, dtype=jnp.float32) -> Params:
-  """Paper section 5: weights ~ N(0, init_std); biases 1 in conv2/4/5, fc6/7, else 0."""
+  """Paper section 5: weights ~ N(0, init_std) (fc8: head_init_std, where set); biases 1 in
+  conv2/4/5, fc6/7, else 0."""
   params = {}
   shapes = spec.param_shapes()
   keys = jax.random.split(key, len(shapes))
   for k, (name, layer) in zip(keys, shapes.items()):
     bias_value = 1.0 if (spec.init_bias_one and name in ONE_BIAS_LAYERS) else 0.0
+    std = spec.head_init_std if name == 'fc8' and spec.head_init_std >= 0 else spec.init_std
     params[name] = {
-        'kernel': spec.init_std * jax.random.normal(k, layer['kernel'], dtype),
+        'kernel': std * jax.random.normal(k, layer['kernel'], dtype),
         'bias': jnp.full(layer['bias'], bias_value, dtype),
     }
   return params
-
-
-# ---- layers ------------------------------------------------------------------
-
-
-def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int = 1,
-         padding=None) -> jax.Array:
-  """One tower's convolution, NHWC x HWIO."""
-  if padding is None:  # 'same' for the odd kernels of conv2..5
-    p = kernel.shape[0] // 2
-    padding = ((p, p), (p, p))
-  y = jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), (stride, stride), padding,
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  return y + bias.astype(x.dtype)
-
-
-def _window_sum(v, n):
-  """Sum over the n channels centred on each channel, clipped at the tower's edges."""
-  c = v.shape[-1]
-  half = n // 2
-  padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(half, n - 1 - half)])
-  return sum(padded[..., i:i + c] for i in range(n))
-
-
-def _lrn_parts(x, k, n, alpha, beta):
-  """base = k + alpha/n * (window sum of x^2) and scale = base^-beta."""
-  base = k + (alpha / n) * _window_sum(jnp.square(x), n)
-  if beta == 0.75:
-    scale = jax.lax.rsqrt(base) * jnp.sqrt(jax.lax.rsqrt(base))  # base ** -0.75
-  else:
-    scale = base ** (-beta)
-  return base, scale
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _lrn(x, k, n, alpha, beta):
-  return x * _lrn_parts(x, k, n, alpha, beta)[1]
-
-
-def _lrn_fwd(x, k, n, alpha, beta):
-  base, scale = _lrn_parts(x, k, n, alpha, beta)
-  return x * scale, (x, scale, scale / base)
-
-
-def _lrn_bwd(k, n, alpha, beta, residuals, g):
-  # y_j = x_j base_j^-beta, base_j = k + alpha/n sum_{i in W(j)} x_i^2, so
-  # dx_i = g_i scale_i - 2 beta alpha/n x_i sum_{j: i in W(j)} g_j x_j scale_j / base_j;
-  # the window is symmetric (n odd), so that last sum is the same window sum.
-  x, scale, scale_over_base = residuals
-  t = g * x * scale_over_base
-  return (g * scale - (2.0 * beta * alpha / n) * x * _window_sum(t, n),)
-
-
-_lrn.defvjp(_lrn_fwd, _lrn_bwd)
-
-
-def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5,
-                        alpha: float = 1e-4, beta: float = 0.75) -> jax.Array:
-  """Section 3.3 LRN across the channels of one tower.
-
-  Convention: alpha is divided by n, as in cuda-convnet(2), Caffe and PyTorch's
-  `LocalResponseNorm(n, alpha, beta, k)`, which is the convention that trained the
-  published model (TensorFlow's `local_response_normalization` would take
-  alpha / n directly). The window is clipped at the tower's first and last
-  channel and never crosses towers. Written as shifted slices so that XLA fuses
-  it with its neighbours (it is memory bound), with a hand-written backward pass
-  (XLA would recompute the window and the power once per tap).
-  """
-  if n % 2 == 0:
-    raise ConfigError(f'LRN size n={n} must be odd (a window centred on each channel).')
-  acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 inputs: accumulate in float32
-  return _lrn(x.astype(acc), float(k), int(n), float(alpha), float(beta)).astype(x.dtype)
-
-
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
-  """Overlapping max pooling (section 3.4), VALID as in cuda-convnet."""
-  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
-                               (1, stride, stride, 1), 'VALID')
-
-
-def dropout_masks(key: jax.Array, example_ids: jax.Array, layer: int,
-                  tower_ids: Sequence[int] | jax.Array, width: int,
-                  rate: float) -> jax.Array:
-  """Keep-masks of shape (local_towers, batch, width) / (1 - rate).
-
-  Each mask is drawn from fold_in(key, example, layer, tower): a function of the
-  global example index and the global tower index only, so the masks are the
-  same for every mesh and every way of splitting the batch.
-  """
-
-  def one(ex, tw):
-    k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, ex), layer), tw)
-    return jax.random.bernoulli(k, 1.0 - rate, (width,))
-
-  per_tower = jax.vmap(jax.vmap(one, in_axes=(0, None)), in_axes=(None, 0))
-  keep = per_tower(example_ids, jnp.asarray(tower_ids))
-  return keep.astype(jnp.float32) / (1.0 - rate)
 
 
 # ---- the network -------------------------------------------------------------
@@ -316,7 +224,8 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
     p = params[name]
     kernel = jnp.concatenate(list(p['kernel']), axis=-1)
     bias = jnp.concatenate(list(p['bias']), axis=-1)
-    y = jax.nn.relu(conv(xi, kernel, bias, stride, padding))
+    apply_conv = space_to_depth_conv if stride > 1 else conv
+    y = jax.nn.relu(apply_conv(xi, kernel, bias, stride, padding))
     return jnp.split(y, local_t, axis=-1)
 
   def norm_pool(xs, lrn):

@@ -3,15 +3,14 @@
 A trace of steps S..S+K-1 (`profile.start_step`, `profile.num_steps`) goes to
 `<workdir>/profile/` (TensorBoard's profile plugin and Perfetto read it). Each profiled step
 runs inside `StepTraceAnnotation('train', step_num=step)` so the trace viewer groups the ops
-by step. The first step of a run compiles the train step, and compilation would swamp the
-trace, so profiling starts at the run's second step at the earliest. Before the trace stops,
-the last step's outputs are waited for: the trace then holds the device work of every
-profiled step, not just their dispatch.
+by step, and is waited for inside its annotation, so that the annotation spans the step's
+device work, not just its dispatch (a few milliseconds): xprof's step-time view then shows
+the real step. The first step of a run compiles the train step, and compilation would swamp
+the trace, so profiling starts at the run's second step at the earliest.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
@@ -47,26 +46,26 @@ class Profiler:
                    first_step)
     self.start, self.stop = start, stop
 
-  def step(self, step: int):
-    """Context for running `step`: starts the trace at the first profiled step and names it."""
+  def run(self, step: int, train_step, *args):
+    """`train_step(*args)` as step `step`. A profiled step runs inside its
+    `StepTraceAnnotation` and is waited for there, so that the annotation frames the step's
+    device work (xprof's step-time view), not just its asynchronous dispatch. The trace
+    starts at the first profiled step and stops after the last."""
     if step == self.start:
       jax.profiler.start_trace(self.directory)
       self._active = True
       logging.info('Profiling steps %d-%d into %s.', self.start, self.stop, self.directory)
-    if self._active:
-      return jax.profiler.StepTraceAnnotation(ANNOTATION, step_num=step)
-    return contextlib.nullcontext()
+    if not self._active:
+      return train_step(*args)
+    with jax.profiler.StepTraceAnnotation(ANNOTATION, step_num=step):
+      outputs = jax.block_until_ready(train_step(*args))
+    if step >= self.stop:
+      self.close()
+    return outputs
 
-  def after_step(self, step: int, outputs) -> None:
-    """Stops the trace after the last profiled step, once its device work is done."""
-    if self._active and step >= self.stop:
-      self.close(outputs)
-
-  def close(self, outputs=None) -> None:
+  def close(self) -> None:
     if not self._active:
       return
-    if outputs is not None:
-      jax.block_until_ready(outputs)
     jax.profiler.stop_trace()
     self._active = False
     logging.info('Wrote the profile of steps %d-%d to %s.', self.start, self.stop,

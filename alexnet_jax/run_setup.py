@@ -35,6 +35,7 @@ NONFINITE = ('stop', 'skip')
 SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
 # Fields a resumed run may change without a warning (placement, length, loader speed).
 NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps',
+                'min_train_steps', 'peak_flops_per_device',
                 'profile.', 'data.threads', 'data.processes', 'data.prefetch', 'data.max_bad_records')
 
 
@@ -118,7 +119,12 @@ def _validate_training(config) -> None:
   _require(config.data.channels in (1, 3),
            f'data.channels={config.data.channels} must be 1 (grey) or 3 (RGB).')
   _require(0 <= config.seed < 2**32, f'seed={config.seed} must be in [0, 2**32).')
+  _require(config.min_train_steps >= 0,
+           f'min_train_steps={config.min_train_steps} must be 0 (none) or a number of steps.')
   _require(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive.')
+  _require(config.peak_flops_per_device >= 0,
+           f'peak_flops_per_device={config.peak_flops_per_device} must be a FLOP/s figure, or 0 '
+           'for the table or the measured peak.')
   _require(config.lr_factor > 0, f'lr_factor={config.lr_factor} must be positive.')
   _one_of('lr_schedule', config.lr_schedule, optimizer_lib.SCHEDULES)
   boundaries = tuple(config.lr_boundaries)
@@ -134,6 +140,9 @@ def _validate_training(config) -> None:
            f'model.dropout_rate={config.model.dropout_rate} must be in [0, 1).')
   _require(config.model.init_std > 0, f'model.init_std={config.model.init_std} must be '
            'positive.')
+  _require(config.model.head_init_std >= 0 or config.model.head_init_std == -1,
+           f'model.head_init_std={config.model.head_init_std} must be a standard deviation '
+           '(0 or more), or -1 for model.init_std.')
   for name in ('conv_features', 'conv_kernels'):
     value = tuple(config.model[name])
     _require(len(value) == len(model_lib.CONV_LAYERS) and all(v >= 1 for v in value),
@@ -215,6 +224,20 @@ def _validate_model(spec: model_lib.AlexNetSpec) -> None:
 # ---- what run.json records --------------------------------------------------------------
 
 
+def train_steps(config, steps_per_epoch: int) -> int:
+  """num_train_steps if set; else num_epochs epochs, but at least min_train_steps: a small
+  dataset (a folder of a thousand images is 20 steps an epoch) needs many more passes than a
+  large one for the same schedule to converge, and the schedule's fractions follow the total."""
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  epochs = config.num_epochs * steps_per_epoch
+  if epochs < config.min_train_steps:
+    logging.info('Training %d steps (min_train_steps): %d epochs of this dataset are only %d.',
+                 config.min_train_steps, config.num_epochs, epochs)
+    return config.min_train_steps
+  return epochs
+
+
 def describe_run(config, layout: sharding.Layout, spec: model_lib.AlexNetSpec) -> dict:
   """What `run.json` records."""
   devices = layout.mesh.devices.ravel()
@@ -227,6 +250,10 @@ def describe_run(config, layout: sharding.Layout, spec: model_lib.AlexNetSpec) -
       'process_count': jax.process_count(),
       'mesh': sharding.describe(layout),
       'num_params': spec.num_params(),
+      # Where tfds datasets are read and stored (the folder of an image_folder run is stored
+      # there once): data.data_dir, or tfds's default when it is None.
+      'tfds_data_dir': os.path.abspath(os.path.expanduser(
+          config.data.data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')),
   }
 
 
@@ -288,6 +315,11 @@ class Setup:
     workdir_lib.check(workdir, writable)
     self.spec = model_spec(config)
     self.dtype = compute_dtype(config)
+    if self.dtype == jnp.bfloat16 and self.layout.mesh.devices.flat[0].platform == 'cpu':
+      # Measured (docs/performance.md): the compiled step's convolutions and matmuls are all
+      # float32, with conversions around them; bfloat16 pays off on GPU and TPU only.
+      logging.warning('model.dtype=bfloat16 on CPU: XLA:CPU runs the convolutions and matmuls '
+                      'in float32 and adds conversions, about 1.4x slower than float32.')
     self.data = input_pipeline.load(config)
     info = self.data.info
     got = (info.image_size, info.channels, info.num_classes)
@@ -297,8 +329,7 @@ class Setup:
                         f'and {got[2]} classes, but the config says {want}; set '
                         'data.image_size, data.channels and data.num_classes to match.')
     loader = self.data.loader
-    self.total_steps = (config.num_train_steps if config.num_train_steps > 0
-                        else config.num_epochs * loader.steps_per_epoch)
+    self.total_steps = train_steps(config, loader.steps_per_epoch)
     self.eval_every = (config.eval_every_steps if config.eval_every_steps > 0
                        else loader.steps_per_epoch)
     self.tx = make_optimizer(config, self.total_steps)

@@ -79,9 +79,9 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
     log = _TrainLog(config, setup, record, writer)
     state = setup.state if setup.state is not None else steps_lib.create_train_state(
         jax.random.key(config.seed), spec, setup.tx, layout)
-    train_step = steps_lib.make_train_step(
-        spec, layout, setup.tx, config.batch_size, setup.dtype,
-        skip_nonfinite=log.skip, mean=setup.data.mean)
+    train_steps = {logged: steps_lib.make_train_step(  # the logged steps add grad_norm
+        spec, layout, setup.tx, config.batch_size, setup.dtype, skip_nonfinite=log.skip,
+        mean=setup.data.mean, grad_norm=logged) for logged in (True, False)}
     evaluate = functools.partial(
         evaluation.evaluate, steps_lib.make_eval_step(spec, layout, setup.dtype,
                                                       mean=setup.data.mean),
@@ -96,12 +96,11 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
     stop = stack.enter_context(interrupts.StopSignals())
     for step, (images, labels) in zip(range(setup.start_step + 1, total + 1), batches):
       images, labels = hooks.before_step(step, images, labels)
-      train_step = log.compiled(train_step, state, images, labels)
-      with profiler.step(step):
-        state, metrics = train_step(state, images, labels)
-      profiler.after_step(step, (state, metrics))
+      logged = _due(step, config.log_every_steps, total)
+      train_step = log.compiled(train_steps[logged], state, images, labels)
+      state, metrics = profiler.run(step, train_step, state, images, labels)
       log.add(step, metrics)
-      if _due(step, config.log_every_steps, total):
+      if logged:
         log.write(step, state, saver.last_good)
       if _due(step, setup.eval_every, total):
         last_eval = evaluate(params=state.params)
@@ -120,7 +119,6 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
         raise interrupts.Interrupted(f'{stop.received} after step {step} of {total}; the '
                                      f'checkpoint {saver.last_good} is written, and '
                                      'rerunning the same command continues from it.')
-    profiler.close(state)
     log.progress.clear()
   return last_eval
 
@@ -164,7 +162,7 @@ class _RunRecord:
     self.peak = {'total': None, 'per_device': None, 'source': 'not measured on this process'}
     if is_main:
       self.peak = flops_lib.peak_flops(list(setup.layout.mesh.devices.ravel()),
-                                       config.model.dtype)
+                                       config.model.dtype, config.peak_flops_per_device)
     run['peak_flops'] = self.peak
     self.record = workdir_lib.RunRecord(workdir, run, enabled=is_main)
 
@@ -187,22 +185,22 @@ class _TrainLog:
                           if d.process_index == jax.process_index()]
     self.step_flops = None  # one train step on all devices (XLA's count)
     self.pending, self.t_last, self.timed = [], None, 0
-    self._compiled = False
+    self._compiled = {}
 
   def compiled(self, train_step, state, images, labels):
     """The train step compiled ahead of its first call (once: the loop then calls this
     executable), so that XLA's FLOP count is that of the very program that runs."""
-    if self._compiled:
-      return train_step
-    self._compiled = True
-    compiled = train_step.lower(state, images, labels).compile()
-    per_device = flops_lib.compiled_flops(compiled)
-    if per_device is None:
-      logging.warning('XLA reports no FLOPs for the train step: no MFU is logged.')
-    else:
-      self.step_flops = per_device * self.layout.mesh.devices.size
-      self.record.write(train_step_flops=self.step_flops)
-    return compiled
+    if id(train_step) not in self._compiled:
+      compiled = train_step.lower(state, images, labels).compile()
+      self._compiled[id(train_step)] = compiled
+      per_device = flops_lib.compiled_flops(compiled)
+      if per_device is None:
+        logging.warning('XLA reports no FLOPs for the train step: no MFU is logged.')
+      elif self.step_flops is None or per_device * self.layout.mesh.devices.size < (
+          self.step_flops):  # the step without the gradient norm, which most steps run
+        self.step_flops = per_device * self.layout.mesh.devices.size
+        self.record.write(train_step_flops=self.step_flops)
+    return self._compiled[id(train_step)]
 
   def add(self, step: int, metrics) -> None:
     self.pending.append((step, metrics))
@@ -220,7 +218,8 @@ class _TrainLog:
   def check_finite(self, last_good: str | None, host=None) -> None:
     host = jax.device_get(self.pending) if host is None else host
     bad = next(((s, float(m['loss'])) for s, m in host
-                if not np.isfinite(m['loss']) or not np.isfinite(m['grad_norm'])), None)
+                if not np.isfinite(m['loss']) or not np.isfinite(m.get('grad_norm', 0.0))),
+               None)
     if bad is not None and not self.skip:
       where = (f'the last good checkpoint is {last_good}' if last_good
                else 'no checkpoint was written before it')
@@ -235,8 +234,8 @@ class _TrainLog:
     host = jax.device_get(self.pending)
     self.check_finite(last_good, host)
     used = [m for _, m in host if not m.get('skipped')] or [m for _, m in host]
-    scalars = {f'train/{k}': float(np.mean([m[k] for m in used]))
-               for k in used[0] if k != 'skipped'}
+    keys = sorted({k for m in used for k in m} - {'skipped'})
+    scalars = {f'train/{k}': float(np.mean([m[k] for m in used if k in m])) for k in keys}
     if self.skip:
       scalars['train/skipped_steps'] = float(sum(m['skipped'] for _, m in host))
       if scalars['train/skipped_steps']:

@@ -36,7 +36,6 @@ import argparse
 import concurrent.futures
 import io
 import os
-import sys
 import time
 
 import numpy as np

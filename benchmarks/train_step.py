@@ -51,6 +51,9 @@ import time
 
 from alexnet_jax import xla_cpu
 
+if __name__ == '__main__':
+  xla_cpu.preload_tcmalloc()  # before anything starts: see xla_cpu
+
 # torch and JAX share the GPU: keep JAX from reserving most of its memory up front.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 xla_cpu.configure()  # before JAX creates its CPU client
@@ -61,6 +64,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from alexnet_jax import model, optimizer, sharding, steps  # noqa: E402
+from benchmarks import machine  # noqa: E402
 
 try:
   import torch
@@ -75,6 +79,8 @@ flags.DEFINE_list('modes', None, 'Parallelism modes; default towers,data,hybrid 
                   'devices, else towers.')
 flags.DEFINE_integer('steps', None, 'Steps per timed repeat; default 2 on CPU, 20 on GPU.')
 flags.DEFINE_integer('repeats', 5, 'Timed repeats per variant; the median is reported.')
+flags.DEFINE_float('gap', 0.5, 'CPU: idle seconds before each timed variant (thread pools '
+                   'stop spinning).')
 flags.DEFINE_integer('warmup', None, 'Untimed steps after compiling; default 1 on CPU, 5 on GPU.')
 flags.DEFINE_integer('matmul_size', None, 'Side of the square matmul that measures the peak; '
                      'default 2048 on CPU, 8192 on GPU.')
@@ -127,7 +133,9 @@ class JaxVariant:
     self.images = jax.device_put(images.astype(np.float32), layout.batch_sharding())
     self.labels = jax.device_put(rng.integers(0, spec.num_classes, batch).astype(np.int32),
                                  layout.label_sharding())
-    train_step = steps.make_train_step(spec, layout, tx, batch, compute_dtype=JAX_DTYPES[dtype])
+    # The step the training loop runs between logged steps (no gradient norm).
+    train_step = steps.make_train_step(spec, layout, tx, batch, compute_dtype=JAX_DTYPES[dtype],
+                                       grad_norm=False)
     t0 = time.perf_counter()
     self.step = train_step.lower(self.state, self.images, self.labels).compile()
     self.compile_s = time.perf_counter() - t0
@@ -258,22 +266,28 @@ def torch_variant_names(on_gpu: bool, dtype: str) -> list[str]:
   return names
 
 
-def measure(variants, steps: int, warmup: int, repeats: int) -> list[list[float]]:
-  """Warm up each variant, then time `repeats` rounds of `steps` steps, alternating variants."""
+def measure(variants, steps: int, warmup: int, repeats: int,
+            gap: float = 0.0) -> list[list[float]]:
+  """Warm up each variant, then time `repeats` rounds of `steps` steps, alternating variants.
+  `gap` seconds of idle before each timed variant let the previous one's thread pools
+  (Eigen's, OpenMP's) stop spinning, so that neither framework runs against the other's
+  busy-waiting threads."""
   for v in variants:
     v.run(warmup)
   times = [[] for _ in variants]
   for _ in range(repeats):
     for v, t in zip(variants, times):
+      time.sleep(gap)
       t0 = time.perf_counter()
       v.run(steps)
       t.append((time.perf_counter() - t0) / steps)
   return times
 
 
-def make_row(v, step_times: list[float], peak: float | None) -> dict:
+def make_row(v, step_times: list[float], peak: float | None, quiet: dict) -> dict:
   step_s = statistics.median(step_times)
   return {
+      'comparable': quiet['quiet'], 'quiet': quiet,
       'framework': v.framework, 'variant': v.variant, 'mode': v.mode, 'batch': v.batch,
       'dtype': v.dtype, 'images_per_s': v.batch / step_s, 'step_ms': 1e3 * step_s,
       'step_ms_all': [1e3 * t for t in step_times],
@@ -298,15 +312,16 @@ def add_ratios(rows: list[dict]) -> None:
 def markdown_table(rows: list[dict]) -> str:
   fmt = lambda x, spec: '-' if x is None else format(x, spec)
   lines = ['| framework | variant | mode | batch | dtype | img/s | step ms | MFU | FLOPs | '
-           'mem MiB | compile s | JAX/torch-eager | JAX/torch.compile |',
-           '|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|']
+           'mem MiB | compile s | JAX/torch-eager | JAX/torch.compile | comparable |',
+           '|---|---|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---|']
   for r in rows:
     lines.append(
         f"| {r['framework']} | {r['variant']} | {r['mode']} | {r['batch']} | {r['dtype']} | "
         f"{r['images_per_s']:.1f} | {r['step_ms']:.0f} | {fmt(r['mfu'], '.1%')} | "
         f"{r['flops_per_step'] / r['batch'] / 1e9:.2f}G/img {r['flops_source']} | "
         f"{fmt(r['memory_mb'], '.0f')} | {fmt(r['compile_s'], '.1f')} | "
-        f"{fmt(r.get('vs_torch_eager'), '.2f')} | {fmt(r.get('vs_torch_compile'), '.2f')} |")
+        f"{fmt(r.get('vs_torch_eager'), '.2f')} | {fmt(r.get('vs_torch_compile'), '.2f')} | "
+        f"{'yes' if r['comparable'] else 'NO (machine busy)'} |")
   return '\n'.join(lines)
 
 
@@ -326,6 +341,7 @@ def device_name() -> str:
 
 def main(argv):
   del argv
+  quiet_at_start = machine.load_average()  # before this process compiles anything
   on_gpu = jax.devices()[0].platform == 'gpu'
   batches = [int(b) for b in (FLAGS.batch_sizes or (['128', '256', '512'] if on_gpu else ['32']))]
   modes = FLAGS.modes or (list(sharding.PARALLELISM_MODES) if jax.device_count() >= 2
@@ -342,6 +358,9 @@ def main(argv):
       'torch': torch.__version__ if torch is not None else None,
       'torch_threads': torch.get_num_threads() if torch is not None else None,
       'steps_per_repeat': steps_per_repeat, 'repeats': FLAGS.repeats, 'warmup': warmup,
+      'load_average_before': round(quiet_at_start, 2),
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'malloc': os.environ.get('LD_PRELOAD') or 'system (glibc)',
   }
   peaks = {'float32': matmul_peak(jnp.float32, matmul_size)}
   if on_gpu:
@@ -372,9 +391,20 @@ def main(argv):
       for name in torch_variant_names(on_gpu, dtype):
         print(f'# building torch {name} batch {batch} {dtype}', file=sys.stderr, flush=True)
         variants.append(TorchVariant(spec, name, batch, dtype, torch_device))
-      times = measure(variants, steps_per_repeat, warmup, FLAGS.repeats)
+      quiet = machine.Quiet()
+      quiet.load_before = quiet_at_start
+      quiet.start()
+      times = measure(variants, steps_per_repeat, warmup, FLAGS.repeats,
+                      gap=0.0 if on_gpu else FLAGS.gap)
+      quiet.stop()
+      report = quiet.report()
+      print(f'# machine during batch {batch} {dtype}: {json.dumps(report)}', flush=True)
+      if not report['quiet'] and not on_gpu:
+        print('WARNING: the machine was not quiet (load average before >= '
+              f'{machine.MAX_LOAD}, or other processes used the CPU): these rows are not '
+              'comparable.', flush=True)
       peak = peaks.get(dtype, peaks['float32'])
-      rows.extend(make_row(v, t, peak) for v, t in zip(variants, times))
+      rows.extend(make_row(v, t, peak, report) for v, t in zip(variants, times))
       del variants
       gc.collect()
       if on_gpu and torch is not None:

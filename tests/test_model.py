@@ -146,3 +146,36 @@ def test_dropout_masks_depend_only_on_example_and_tower():
 ])
 def test_feature_sizes(kwargs, expected):
   assert model.AlexNetSpec(**kwargs).feature_sizes() == expected
+
+
+@pytest.mark.parametrize('size,kernel,stride,pads', [
+    (224, 11, 4, ((0, 3), (0, 3))), (227, 11, 4, ((0, 0), (0, 0))), (31, 5, 2, ((2, 2), (1, 2)))])
+def test_space_to_depth_conv_is_the_strided_convolution(size, kernel, stride, pads):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, size, size, 3))
+  w = rng.normal(size=(kernel, kernel, 3, 8))
+  b = rng.normal(size=8)
+  with jax.enable_x64(True):
+    got = model.space_to_depth_conv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), stride, pads)
+  np.testing.assert_allclose(np.asarray(got), reference.conv2d(x, w, b, stride, pads),
+                             rtol=1e-10, atol=1e-10)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
+  # Small integers: many windows hold tied maxima; overlapping 3x3 windows, stride 2.
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 4, size=(2, 9, 11, 3)).astype(np.float32)
+  g = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)
+  out, vjp = jax.vjp(lambda v: model.max_pool(v, 3, 2), jnp.asarray(x))
+  want_out = np.zeros(g.shape)
+  want_grad = np.zeros(x.shape)
+  for n in range(2):
+    for i in range(4):
+      for j in range(5):
+        for c in range(3):
+          window = x[n, 2 * i:2 * i + 3, 2 * j:2 * j + 3, c]
+          want_out[n, i, j, c] = window.max()
+          di, dj = np.unravel_index(np.argmax(window), window.shape)  # first, row-major
+          want_grad[n, 2 * i + di, 2 * j + dj, c] += g[n, i, j, c]
+  np.testing.assert_array_equal(np.asarray(out), want_out)
+  np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), want_grad, rtol=1e-6)

@@ -96,6 +96,12 @@ def test_compiled_train_step_flops_agree_with_the_derived_count():
   assert abs(per_image / derived - 1) < 0.10, (per_image, derived)
   assert abs(per_image / 4.35e9 - 1) < 0.10, per_image  # the card's "about 4.35 GFLOP"
   valid = flops.analytic_train_flops(spec, valid_taps=True)
+  # conv1 runs as a stride-1 convolution of 4x4 blocks (model.space_to_depth_conv): every
+  # output sees 3x3x48 taps, its 11x11x3 kernel zero-padded to 12x12x3, and XLA counts them
+  # all in the forward pass and the kernel gradient (conv1 needs no input gradient).
+  c1 = spec.feature_sizes()[0]
+  conv1_valid = flops.layer_macs(spec, valid_taps=True)['conv1']
+  valid += 2 * 2 * (c1 * c1 * 12 * 12 * 3 * 96 - conv1_valid)
   assert 0 < per_image / valid - 1 < 0.05, (per_image, valid)
 
 
@@ -138,6 +144,16 @@ def test_profile_holds_the_annotated_train_steps(run):
   steps = {e['args']['step_num'] for e in events
            if e.get('name') == 'train' and 'step_num' in e.get('args', {})}
   assert steps == {'2', '3'}
+  # Each step's annotation frames its device work (xprof's step time), not just the dispatch:
+  # the XLA work on the runtime's threads that starts inside a step's annotation ends inside it.
+  threads = {e['tid']: e['args']['name'] for e in events if e.get('name') == 'thread_name'}
+  device = [e for e in events if e.get('ph') == 'X' and threads.get(e.get('tid'), '').startswith(
+      ('tf_XLAEigen', 'tf_XLAPjRtCpuClient'))]
+  for step in (e for e in events if e.get('name') == 'train' and 'step_num' in e['args']):
+    start, end = step['ts'], step['ts'] + step['dur']
+    inside = [e for e in device if start <= e['ts'] <= end]
+    assert inside, step
+    assert max(e['ts'] + e['dur'] for e in inside) <= end + 100, step  # 0.1 ms slack
 
 
 @pytest.mark.slow
@@ -157,6 +173,30 @@ def test_tensorboard_and_jsonl_have_every_scalar(run):
   info = json.loads((run / 'run.json').read_text())
   assert info['peak_flops']['total'] > 0 and info['peak_flops']['source'].startswith('measured')
   assert info['train_step_flops'] > 0
+
+
+@pytest.mark.slow
+def test_tensorboards_own_reader_finds_every_metric(run):
+  """What `tensorboard --logdir` shows: TensorBoard's event reader (requirements-view.txt)
+  finds every scalar of metrics.jsonl, at the same steps with the same values."""
+  event_accumulator = pytest.importorskip(
+      'tensorboard.backend.event_processing.event_accumulator',
+      reason='TensorBoard is optional: pip install -r requirements-view.txt (CI does)')
+  (path,) = run.glob('events.out.tfevents.*')
+  reader = event_accumulator.EventAccumulator(str(path), size_guidance={'scalars': 0})
+  reader.Reload()
+  logged = {}
+  for line in (run / 'metrics.jsonl').read_text().splitlines():
+    record = json.loads(line)
+    for tag, value in record.items():
+      if tag not in ('step', 'time'):
+        logged.setdefault(tag, {})[record['step']] = value
+  assert set(logged) >= set(SCALARS)
+  assert set(reader.Tags()['scalars']) == set(logged)
+  for tag, values in logged.items():
+    shown = {e.step: e.value for e in reader.Scalars(tag)}
+    assert shown.keys() == values.keys(), tag
+    np.testing.assert_allclose([shown[s] for s in values], list(values.values()), rtol=1e-6)
 
 
 @pytest.mark.slow

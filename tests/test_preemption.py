@@ -4,7 +4,6 @@ workdirs, a step directory turned into a link loop, reruns and their run.json.""
 
 import json
 import os
-import pathlib
 import shutil
 import socket
 import subprocess

@@ -18,10 +18,13 @@ neither TensorFlow nor the network. tfds is imported only when a function here n
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import logging
 import pathlib
 import struct
+import sys
 
 import numpy as np
 
@@ -58,10 +61,18 @@ def find_fashion_mnist_files(manual_dir: str | None) -> pathlib.Path:
 
 
 def _prepare(builder, what: str, **kwargs):
-  """`builder`, prepared into its data_dir if it is not yet."""
+  """`builder`, prepared into its data_dir if it is not yet. tfds prints "Downloading and
+  preparing dataset Unknown size ..." to stdout for a build that downloads nothing (a local
+  folder): that print is swallowed, and this says what is stored where, once. tfds's progress
+  bars are shown on a terminal only: in a log file they are lines of escape codes."""
   if not builder.is_prepared():
-    logging.info('Preparing %s into %s.', what, builder.data_dir)
-    builder.download_and_prepare(**kwargs)
+    import tensorflow_datasets as tfds
+    logging.info('Storing %s as a tfds dataset in %s (once; later runs read it from there).',
+                 what, builder.data_dir)
+    tfds.display_progress_bar(sys.stderr.isatty())
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(**kwargs)
+    logging.info('Stored %s: %s.', what, builder.info.dataset_size)
   return builder
 
 
