@@ -104,6 +104,8 @@ def _validate_training(config) -> None:
               'model.num_towers': config.model.num_towers,
               'model.conv1_stride': config.model.conv1_stride,
               'model.fc_features': config.model.fc_features,
+              'model.pool_window': config.model.pool_window,
+              'model.pool_stride': config.model.pool_stride,
               'data.image_size': config.data.image_size}
   if config.dataset == 'synthetic':
     positive.update({'data.synthetic_train_examples': config.data.synthetic_train_examples,

@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv1_padding = 'cuda_convnet'  # 224 -> 55 (3 px of zeros bottom/right)
   config.model.fc_features = 2048  # per tower
   config.model.lrn = True
+  config.model.pool_window = 3  # overlapping pooling, section 3.4 (2 and 2: non-overlapping)
+  config.model.pool_stride = 2
   config.model.dropout_rate = 0.5
   config.model.init_std = 0.01
   # fc8's weights start at 0, so that the first loss is ln(1000) (chance): section 5's

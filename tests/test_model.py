@@ -161,21 +161,23 @@ def test_space_to_depth_conv_is_the_strided_convolution(size, kernel, stride, pa
                              rtol=1e-10, atol=1e-10)
 
 
-def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
-  # Small integers: many windows hold tied maxima; overlapping 3x3 windows, stride 2.
+@pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1)])
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window, stride):
+  # Small integers: many windows hold tied maxima; overlapping and non-overlapping windows.
   rng = np.random.default_rng(0)
   x = rng.integers(0, 4, size=(2, 9, 11, 3)).astype(np.float32)
-  g = rng.normal(size=(2, 4, 5, 3)).astype(np.float32)
-  out, vjp = jax.vjp(lambda v: model.max_pool(v, 3, 2), jnp.asarray(x))
+  oh, ow = (9 - window) // stride + 1, (11 - window) // stride + 1
+  g = rng.normal(size=(2, oh, ow, 3)).astype(np.float32)
+  out, vjp = jax.vjp(lambda v: model.max_pool(v, window, stride), jnp.asarray(x))
   want_out = np.zeros(g.shape)
   want_grad = np.zeros(x.shape)
   for n in range(2):
-    for i in range(4):
-      for j in range(5):
+    for i in range(oh):
+      for j in range(ow):
         for c in range(3):
-          window = x[n, 2 * i:2 * i + 3, 2 * j:2 * j + 3, c]
-          want_out[n, i, j, c] = window.max()
-          di, dj = np.unravel_index(np.argmax(window), window.shape)  # first, row-major
-          want_grad[n, 2 * i + di, 2 * j + dj, c] += g[n, i, j, c]
+          win = x[n, stride * i:stride * i + window, stride * j:stride * j + window, c]
+          want_out[n, i, j, c] = win.max()
+          di, dj = np.unravel_index(np.argmax(win), win.shape)  # first, row-major
+          want_grad[n, stride * i + di, stride * j + dj, c] += g[n, i, j, c]
   np.testing.assert_array_equal(np.asarray(out), want_out)
   np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), want_grad, rtol=1e-6)

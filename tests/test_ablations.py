@@ -1,0 +1,57 @@
+"""scripts/ablations.py: the interval arithmetic by hand, and the quick mode end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scripts import ablations
+from tests import helpers
+
+
+def test_welch_interval_by_hand():
+  # Means 2 and 5, variances 1 and 1, n = 3: se = sqrt(2/3), df = 4, t(0.975, 4) = 2.776.
+  diff, half = ablations.difference([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+  assert diff == pytest.approx(-3.0)
+  assert half == pytest.approx(2.776 * (2 / 3) ** 0.5)
+  assert ablations.difference([1.0], [2.0, 3.0]) is None  # one seed: no interval
+
+
+def test_variants_are_overrides_of_the_config():
+  from configs import fashion_mnist, image_folder
+  names = set(ablations.variants(fashion_mnist.get_config()))
+  assert names == {'baseline', 'no_lrn', 'pool_2x2', 'one_tower_half_width',
+                   'one_tower_full_width', 'no_dropout', 'no_reflections'}
+  assert 'no_pca_lighting' in ablations.variants(image_folder.get_config())  # it has PCA
+  full = ablations.variants(fashion_mnist.get_config())['one_tower_full_width']
+  assert '--config.model.conv_features=(32,64,96,96,64)' in full  # twice the per-tower width
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_variant_resumably_with_the_mesh_passed_through(tmp_path):
+  out = tmp_path / 'study'
+  base = [sys.executable, '-m', 'scripts.ablations', f'--out={out}', '--quick', '--']
+  cmd = [*base, '--config.mesh.data=2', '--config.mesh.model=1']
+  env = dict(__import__('os').environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             JAX_PLATFORMS='cpu')
+  result = subprocess.run(cmd, cwd=helpers.ROOT, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+  assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+  rows = [l for l in (out / 'ablations.md').read_text().splitlines() if l.startswith('| ')]
+  assert [r.split(' | ')[0][2:] for r in rows[1:]] == [
+      'baseline', 'no_lrn', 'pool_2x2', 'one_tower_half_width', 'one_tower_full_width',
+      'no_dropout', 'no_reflections']
+  assert (out / 'ablations.png').stat().st_size > 10_000
+  # Every run got the pass-through flags: a 2x1 mesh, for two towers and for one.
+  mesh = json.loads((out / 'baseline' / 'seed0' / 'run.json').read_text())['mesh']
+  assert mesh['data'] == 2
+  assert json.loads((out / 'one_tower_half_width' / 'seed0' / 'run.json').read_text())[
+      'config']['model']['num_towers'] == 1
+  # A second call trains nothing: every run is finished and evaluated.
+  again = subprocess.run(cmd, cwd=helpers.ROOT, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+  assert again.returncode == 0 and again.stdout.splitlines()[-1] == result.stdout.splitlines()[-1]
+  bad = subprocess.run([*base, 'extra'], cwd=helpers.ROOT, env=env, capture_output=True,
+                       text=True, timeout=60, check=False)
+  assert 'only --config.<field>=<value> flags pass through' in bad.stderr
