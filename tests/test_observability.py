@@ -153,7 +153,10 @@ def test_profile_holds_the_annotated_train_steps(run):
     start, end = step['ts'], step['ts'] + step['dur']
     inside = [e for e in device if start <= e['ts'] <= end]
     assert inside, step
-    assert max(e['ts'] + e['dur'] for e in inside) <= end + 100, step  # 0.1 ms slack
+    # Slack for the runtime's bookkeeping after the outputs are ready: 2 ms or 10% of the
+    # step. A marker that framed only the dispatch ended milliseconds before the work did.
+    slack = max(2000, 0.1 * step['dur'])
+    assert max(e['ts'] + e['dur'] for e in inside) <= end + slack, (step, slack)
 
 
 @pytest.mark.slow
