@@ -130,7 +130,8 @@ def measure_host_flops(n: int = 1024, repeats: int = 10) -> float:
   return 2.0 * n ** 3 / best
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+  """The CPU's model name (/proc/cpuinfo), for peaks and benchmark headers."""
   try:
     with open('/proc/cpuinfo', encoding='utf-8') as f:
       for line in f:
@@ -152,7 +153,7 @@ def host_peak_flops(measure=measure_host_flops, path: str | None = None) -> tupl
   matmul on a shared machine varied 2x between runs (5.1e10 to 1.0e11); the running maximum
   only rises towards the quiet machine's figure, so MFU stays comparable across runs."""
   path = path or _cache_path()
-  key = f'{_cpu_model()} x {os.cpu_count()} cores'
+  key = f'{cpu_model()} x {os.cpu_count()} cores'
   measured = measure()
   try:
     with open(path, encoding='utf-8') as f:
@@ -169,8 +170,8 @@ def host_peak_flops(measure=measure_host_flops, path: str | None = None) -> tupl
       json.dump(cache, f, indent=1)
     os.replace(tmp, path)
   except OSError:  # a read-only home: this run's measurement alone
-    return measured, f'measured: best of 10 float32 1024x1024 matmuls on {key} in this run'
-  return best, (f'measured: best float32 1024x1024 matmul on {key} over {cache[key]["runs"]} '
+    return measured, f'measured: best float32 matmul on {key} in this run'
+  return best, (f'measured: best float32 matmul on {key} over {cache[key]["runs"]} '
                 f'run(s) ({path}; this run {measured:.4g})')
 
 

@@ -63,7 +63,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import model, optimizer, sharding, steps  # noqa: E402
+from alexnet_jax import flops, model, optimizer, sharding, steps  # noqa: E402
 from benchmarks import machine  # noqa: E402
 
 try:
@@ -329,14 +329,7 @@ def device_name() -> str:
   dev = jax.devices()[0]
   if dev.platform != 'cpu':
     return f'{jax.device_count()} x {dev.device_kind}'
-  model_name = 'unknown CPU'
-  try:
-    with open('/proc/cpuinfo') as f:
-      model_name = next((line.split(':', 1)[1].strip() for line in f
-                         if line.startswith('model name')), model_name)
-  except OSError:
-    pass
-  return f'{model_name}, {os.cpu_count()} cores, {jax.device_count()} JAX CPU device(s)'
+  return f'{flops.cpu_model()}, {os.cpu_count()} cores, {jax.device_count()} JAX CPU device(s)'
 
 
 def main(argv):
