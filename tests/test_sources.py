@@ -92,6 +92,23 @@ def test_folder_of_class_subfolders_round_trips(tmp_path):
   assert changed.data_dir != builder.data_dir and changed.info.splits['train'].num_examples == 7
 
 
+def test_building_and_reading_leave_nothing_in_the_temp_dir(idx_dir, tmp_path, monkeypatch):
+  # tfds 4.9 makes an empty temp dir for every builder constructed before its dataset is
+  # prepared and never removes it (hundreds piled up in /tmp during this project).
+  import tempfile
+  temp = tmp_path / 'temp'
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
+  source, _ = idx_dir
+  helpers.make_folder(tmp_path / 'images')
+  for _ in range(2):  # built, then read
+    sources.fashion_mnist_builder(str(tmp_path / 'tfds'), str(source))
+    sources.image_folder_builder(str(tmp_path / 'images'), str(tmp_path / 'tfds'))
+  with pytest.raises(DatasetNotFoundError):
+    sources.builder_for('mnist', str(tmp_path / 'tfds'), None)
+  assert sorted(p.name for p in temp.iterdir()) == []
+
+
 def test_missing_or_empty_folder_says_where_to_put_images(tmp_path):
   with pytest.raises(DatasetNotFoundError, match='train/cat/1.jpg'):
     sources.image_folder_builder(str(tmp_path / 'nowhere'), str(tmp_path / 'tfds'))
