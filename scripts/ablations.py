@@ -75,14 +75,18 @@ def train_and_eval(config_path, workdir: pathlib.Path, flags: list[str]) -> dict
     return json.loads(cached.read_text())
   log = workdir / 'ablation.log'
   common = ['launch.py', f'--config={config_path}', f'--workdir={workdir}', *flags]
+  records = len(metric_lines(workdir))
   t0 = time.time()
   proc = run(common, log)
   seconds = time.time() - t0
   if proc.returncode != 0:
     sys.exit(f'error: {workdir} failed (exit {proc.returncode}); see {log}.')
   clock = workdir / 'ablation_seconds.json'  # summed over interrupted attempts
-  total = seconds + (json.loads(clock.read_text())['seconds'] if clock.exists() else 0.0)
-  clock.write_text(json.dumps({'seconds': total}))
+  if clock.exists() or len(metric_lines(workdir)) > records:
+    total = seconds + (json.loads(clock.read_text())['seconds'] if clock.exists() else 0.0)
+    clock.write_text(json.dumps({'seconds': total}))
+  else:  # trained by launch.py before this script saw it: the run's own record
+    total = recorded_seconds(workdir)
   proc = run([*common, '--mode=eval'], log)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('eval: ')]
   if proc.returncode != 0 or not lines:
@@ -93,10 +97,24 @@ def train_and_eval(config_path, workdir: pathlib.Path, flags: list[str]) -> dict
   return result
 
 
+def metric_lines(workdir: pathlib.Path) -> list[str]:
+  path = workdir / 'metrics.jsonl'
+  return path.read_text().splitlines() if path.exists() else []
+
+
+def recorded_seconds(workdir: pathlib.Path) -> float:
+  """Wall time of a run trained outside this script, from its records: run.json's start
+  (of its last attempt, if it was resumed) to the last line of metrics.jsonl."""
+  import datetime
+  start = json.loads((workdir / 'run.json').read_text())['time']
+  end = json.loads(metric_lines(workdir)[-1])['time']
+  return end - datetime.datetime.fromisoformat(start).timestamp()
+
+
 def curve(workdir: pathlib.Path) -> dict[int, float]:
   """Eval top-1 error by step, from metrics.jsonl."""
   out = {}
-  for line in (workdir / 'metrics.jsonl').read_text().splitlines():
+  for line in metric_lines(workdir):
     record = json.loads(line)
     if 'eval/top1' in record:
       out[record['step']] = 1.0 - record['eval/top1']

@@ -28,6 +28,15 @@ def test_variants_are_overrides_of_the_config():
   assert '--config.model.conv_features=(32,64,96,96,64)' in full  # twice the per-tower width
 
 
+def test_a_run_trained_before_the_study_keeps_its_own_wall_time(tmp_path):
+  # Started 12:00:00 UTC, last record at 12:47:30: 2,850 s, however long the study's call took.
+  (tmp_path / 'run.json').write_text(json.dumps({'time': '2026-11-22T12:00:00+00:00'}))
+  start = 1795348800.0  # 2026-11-22T12:00:00Z
+  lines = [{'step': 50, 'time': start + 60}, {'step': 100, 'eval/top1': 0.9, 'time': start + 2850}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(l) + '\n' for l in lines))
+  assert ablations.recorded_seconds(tmp_path) == pytest.approx(2850.0)
+  assert ablations.curve(tmp_path) == {100: pytest.approx(0.1)}
+
 @pytest.mark.slow
 def test_quick_mode_runs_every_variant_resumably_with_the_mesh_passed_through(tmp_path):
   out = tmp_path / 'study'
