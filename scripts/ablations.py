@@ -75,14 +75,14 @@ def train_and_eval(config_path, workdir: pathlib.Path, flags: list[str]) -> dict
     return json.loads(cached.read_text())
   log = workdir / 'ablation.log'
   common = ['launch.py', f'--config={config_path}', f'--workdir={workdir}', *flags]
-  records = len(metric_lines(workdir))
+  logged = len(records(workdir))
   t0 = time.time()
   proc = run(common, log)
   seconds = time.time() - t0
   if proc.returncode != 0:
     sys.exit(f'error: {workdir} failed (exit {proc.returncode}); see {log}.')
   clock = workdir / 'ablation_seconds.json'  # summed over interrupted attempts
-  if clock.exists() or len(metric_lines(workdir)) > records:
+  if clock.exists() or len(records(workdir)) > logged:
     total = seconds + (json.loads(clock.read_text())['seconds'] if clock.exists() else 0.0)
     clock.write_text(json.dumps({'seconds': total}))
   else:  # trained by launch.py before this script saw it: the run's own record
@@ -97,9 +97,11 @@ def train_and_eval(config_path, workdir: pathlib.Path, flags: list[str]) -> dict
   return result
 
 
-def metric_lines(workdir: pathlib.Path) -> list[str]:
+def records(workdir: pathlib.Path) -> list[dict]:
+  """metrics.jsonl's records (none before the first), read as the figures are."""
+  from alexnet_jax import figures
   path = workdir / 'metrics.jsonl'
-  return path.read_text().splitlines() if path.exists() else []
+  return figures.read_metrics(str(path)) if path.exists() else []
 
 
 def recorded_seconds(workdir: pathlib.Path) -> float:
@@ -107,18 +109,13 @@ def recorded_seconds(workdir: pathlib.Path) -> float:
   (of its last attempt, if it was resumed) to the last line of metrics.jsonl."""
   import datetime
   start = json.loads((workdir / 'run.json').read_text())['time']
-  end = json.loads(metric_lines(workdir)[-1])['time']
+  end = records(workdir)[-1]['time']
   return end - datetime.datetime.fromisoformat(start).timestamp()
 
 
 def curve(workdir: pathlib.Path) -> dict[int, float]:
   """Eval top-1 error by step, from metrics.jsonl."""
-  out = {}
-  for line in metric_lines(workdir):
-    record = json.loads(line)
-    if 'eval/top1' in record:
-      out[record['step']] = 1.0 - record['eval/top1']
-  return out
+  return {r['step']: 1.0 - r['eval/top1'] for r in records(workdir) if 'eval/top1' in r}
 
 
 # Two-sided 97.5% quantiles of Student's t by degrees of freedom (Welch's df is rounded down).

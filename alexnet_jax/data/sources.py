@@ -38,9 +38,9 @@ FASHION_MNIST_IDX = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
 
-@contextlib.contextmanager
-def _own_tempdir():
-  """Constructs tfds builders with their temp files in a directory removed afterwards.
+def _construct(make, *args, **kwargs):
+  """`make(*args, **kwargs)`: a tfds builder, constructed with its temp files in a directory
+  removed afterwards.
 
   tfds 4.9 constructs a builder whose dataset is not prepared in its data_dir by copying its
   GCS metadata into `tempfile.mkdtemp()` (`DatasetInfo.initialize_from_bucket`), which it
@@ -53,7 +53,7 @@ def _own_tempdir():
   own = tempfile.mkdtemp(prefix='alexnet_jax_tfds_')
   tempfile.tempdir = own
   try:
-    yield
+    return make(*args, **kwargs)
   finally:
     tempfile.tempdir = saved
     shutil.rmtree(own, ignore_errors=True)
@@ -101,8 +101,7 @@ def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None):
   """A prepared tfds builder for Fashion-MNIST, building it from idx files if needed."""
   import tensorflow_datasets as tfds
 
-  with _own_tempdir():
-    official = tfds.builder('fashion_mnist', data_dir=data_dir)
+  official = _construct(tfds.builder, 'fashion_mnist', data_dir=data_dir)
   if official.is_prepared():
     return official
   from alexnet_jax.data import builders
@@ -110,9 +109,8 @@ def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None):
   counts = idx_counts(source)
   name = 'full' if counts == {'train': 60_000, 'test': 10_000} else (
       f'subset{counts["train"]}x{counts["test"]}')
-  with _own_tempdir():
-    builder = builders.FashionMnistIdx(
-        data_dir=data_dir, config=tfds.core.BuilderConfig(name=name), file_format='array_record')
+  builder = _construct(builders.FashionMnistIdx, data_dir=data_dir,
+                       config=tfds.core.BuilderConfig(name=name), file_format='array_record')
   return _prepare(builder, f'Fashion-MNIST from {source}',
                   download_config=tfds.download.DownloadConfig(manual_dir=str(source)))
 
@@ -123,8 +121,7 @@ def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None):
   `manual_dir` if it is not prepared yet. The JPEGs are stored as they are in the tars."""
   import tensorflow_datasets as tfds
 
-  with _own_tempdir():
-    official = tfds.builder('imagenet2012', data_dir=data_dir)
+  official = _construct(tfds.builder, 'imagenet2012', data_dir=data_dir)
   if official.is_prepared():
     return official
   where = pathlib.Path(manual_dir).expanduser() if manual_dir else None
@@ -134,12 +131,10 @@ def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None):
         f'image-net.org) in data.manual_dir ({where or "not set"}), or a prepared tfds '
         f'imagenet2012 in data.data_dir ({official.data_dir}).')
   from alexnet_jax.data import builders
-  with _own_tempdir():
-    builder = builders.Imagenet2012NoTF(data_dir=data_dir, file_format='array_record')
+  builder = _construct(builders.Imagenet2012NoTF, data_dir=data_dir, file_format='array_record')
   _prepare(builder, f'imagenet2012 from {where}',
            download_config=tfds.download.DownloadConfig(manual_dir=str(where)))
-  with _own_tempdir():
-    return tfds.builder('imagenet2012', data_dir=data_dir)
+  return _construct(tfds.builder, 'imagenet2012', data_dir=data_dir)
 
 
 def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...] = ()):
@@ -152,9 +147,8 @@ def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...
         f'Image folder {path} not found: put the images in {path}/<split>/<class>/ '
         '(e.g. train/cat/1.jpg, test/cat/2.jpg) and set data.folder to it.')
   from alexnet_jax.data import builders
-  with _own_tempdir():
-    builder = builders.ImageFolderNoTF(root=str(path), data_dir=data_dir,
-                                       file_format='array_record')
+  builder = _construct(builders.ImageFolderNoTF, root=str(path), data_dir=data_dir,
+                       file_format='array_record')
   missing = [s for s in splits if s not in builder.splits]
   if not builder.splits or missing:
     raise DatasetNotFoundError(
@@ -183,10 +177,9 @@ def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
   `max_bad_records` (-1: any), past which the preparation stops; one in any other split
   stops it at once, naming the file: leaving it out would change what evaluation reports."""
   from alexnet_jax.data import builders
-  with _own_tempdir():
-    builder = builders.PreparedImages(source=source_builder, size=size, quality=quality,
-                                      data_dir=data_dir, file_format='array_record',
-                                      max_bad_records=max_bad_records, train_split=train_split)
+  builder = _construct(builders.PreparedImages, source=source_builder, size=size,
+                       quality=quality, data_dir=data_dir, file_format='array_record',
+                       max_bad_records=max_bad_records, train_split=train_split)
   _prepare(builder, f'{source_builder.name} at {size}x{size}')
   for split, info in source_builder.info.splits.items():
     stored = builder.info.splits[split].num_examples if split in builder.info.splits else 0
@@ -226,8 +219,7 @@ def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
                         '<split>/<class>/<image> files.')
     return image_folder_builder(folder, data_dir, splits)
   try:
-    with _own_tempdir():
-      builder = tfds.builder(name, data_dir=data_dir)
+    builder = _construct(tfds.builder, name, data_dir=data_dir)
   except Exception as e:  # unknown name: tfds lists close matches
     raise DatasetNotFoundError(f'dataset={name!r} is not a tfds dataset: {e}') from None
   if not builder.is_prepared():
