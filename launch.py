@@ -5,10 +5,12 @@
   default <workdir>/figures/).
 --mode=predict --images=a.png,b.png prints the top-5 classes of image files, one JSON line each.
 
-Exit codes: 0 done; 1 a problem with the flags, config, data or workdir, printed as one line
-'error: <sentence>' (the workdir is left as it was); 75 stopped by SIGTERM or SIGINT after
-writing a checkpoint of the current step (rerun the same command to continue); 130 a second
-SIGINT (at once, without a checkpoint).
+Exit codes: 0 done; 1 a problem with the flags, config, data, workdir or cluster, printed as
+one line 'error: <sentence>' (the workdir is left as it was); 69 a run of several processes
+lost one of them (killed, frozen, its host gone: one line names it and the last complete
+checkpoint; rerun every process to continue); 75 stopped by SIGTERM or SIGINT after writing a
+checkpoint of the current step (rerun the same command to continue); 130 a second SIGINT (at
+once, without a checkpoint).
 """
 
 import ast
@@ -119,22 +121,17 @@ def parse_flags(argv):
   return parsed
 
 
-def initialize_distributed(config) -> None:
-  """jax.distributed from the config, or from JAX's cluster auto-detection."""
-  import jax
-
-  d = config.distributed
-  if d.coordinator_address:
-    if d.num_processes < 1 or not 0 <= d.process_id < d.num_processes:
-      _fail('distributed.coordinator_address needs distributed.num_processes (at least 1) '
-            'and distributed.process_id (0 to num_processes - 1).')
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes
-    jax.distributed.initialize(d.coordinator_address, d.num_processes, d.process_id)
-  else:
-    try:  # SLURM, Open MPI, TPU pods, ... (no-op when no cluster is detected)
-      jax.distributed.initialize()
-    except (ValueError, RuntimeError):
-      pass
+def check_paths(workdir: str, figures_dir: str | None, images: list[str]) -> None:
+  """The paths given as flags, before anything starts: an empty one (an unset shell
+  variable: `--workdir=$RUN`) would otherwise mean the current directory."""
+  if not workdir.strip():
+    _fail('--workdir is empty (an unset shell variable?); name the run\'s directory, such as '
+          '--workdir=runs/x.')
+  if figures_dir is not None and not figures_dir.strip():
+    _fail('--figures_dir is empty; name a directory, or leave the flag out for '
+          '<workdir>/figures.')
+  if any(not p.strip() for p in images):
+    _fail(f'--images={",".join(images)} has an empty file name.')
 
 
 def main(argv, make_hooks=None):
@@ -143,9 +140,18 @@ def main(argv, make_hooks=None):
     _fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value).')
   config = FLAGS.config
   workdir = FLAGS.workdir
+  check_paths(workdir, FLAGS.figures_dir, FLAGS.images)
+  from alexnet_jax import cluster
+  d = config.distributed
+  if cluster.is_multi_process(d) and not os.environ.get(cluster.SUPERVISED_ENV):
+    # Never returns: runs this command as a child and exits as it does (alexnet_jax/cluster.py).
+    cluster.supervise(workdir, d)
   from alexnet_jax import xla_cpu
   xla_cpu.configure()  # before JAX creates its CPU client
-  initialize_distributed(config)
+  try:
+    cluster.join(d)
+  except cluster.ClusterError as e:
+    _fail(str(e))
 
   # JAX and the package are imported after the distributed setup.
   from alexnet_jax import interrupts
@@ -178,6 +184,10 @@ def main(argv, make_hooks=None):
     _fail(str(e))
   except OSError as e:  # a full disk, a lost mount, a permission, outside a checked path
     _fail(f'{e.strerror or e}{f": {e.filename}" if e.filename else ""}.'.replace('..', '.'))
+  except Exception as e:  # pylint: disable=broad-except
+    if cluster.is_collective_failure(e):  # a peer is gone: JAX's verdict names it
+      cluster.await_verdict(e, workdir, d.heartbeat_timeout_seconds)
+    raise
   logging.info('Final evaluation: %s', result)
 
 

@@ -18,10 +18,12 @@ under one mesh and parallelism restores under another.
 
 Faults. orbax writes a step into a temporary directory and renames it once complete, so a save
 killed half-way leaves no step directory; the next training run removes the temporary one.
-Files damaged afterwards (truncated, overwritten) either fail to restore or fail the fingerprint
-(tensorstore does not notice flipped bytes on its own): `Checkpoints.restore` then warns, naming
-the step directory, and tries the previous step, and a training run moves the bad one to
-`corrupt_checkpoints/`. Old steps are deleted here rather than by orbax, and only once no save
+Files damaged afterwards (truncated, overwritten) either fail to restore with evidence of damage
+(`checkpoint_damage`) or fail the fingerprint (tensorstore does not notice flipped bytes on its
+own): `Checkpoints.restore` then warns, naming the step directory, and tries the previous step,
+and a training run moves the bad one to `corrupt_checkpoints/`. A restore that fails for any
+other reason (an I/O error, memory, an orbax that reads the files differently) stops the run
+(`checkpoint_damage.CheckpointReadError`) with every step left where it is. Old steps are deleted here rather than by orbax, and only once no save
 is in flight, so the newest complete checkpoint is never removed before a newer one is complete.
 """
 
@@ -40,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from alexnet_jax import checkpoint_damage
 from alexnet_jax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -49,7 +52,8 @@ INPUTS = ('mean',)  # the host arrays of the `inputs` item
 
 
 class CorruptCheckpointError(Exception):
-  """A step directory that cannot be restored or whose arrays fail the fingerprint."""
+  """A step directory that fails to restore with evidence of damage (checkpoint_damage.py)
+  or whose arrays fail the fingerprint."""
 
 
 class NoCheckpointError(UserError):
@@ -256,28 +260,50 @@ class Checkpoints:
     if steps:
       self.mngr.reload()
 
+  def quarantine_metrics(self) -> None:
+    """Moves metrics.jsonl beside the damaged steps before a fresh start rewrites it."""
+    path = os.path.join(self.workdir, 'metrics.jsonl')
+    if os.path.exists(path) and jax.process_index() == 0:
+      os.makedirs(os.path.join(self.workdir, CORRUPT_DIR), exist_ok=True)
+      dest = os.path.join(self.workdir, CORRUPT_DIR, f'metrics-{int(time.time())}.jsonl')
+      shutil.move(path, dest)
+      logging.warning('Starting again from step 0 (start_fresh_if_damaged): moved %s to %s.',
+                      path, dest)
+
   # ---- reading -----------------------------------------------------------------
   def read_meta(self, step: int) -> dict:
     return self.mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
   def _restore_step(self, step: int, check_meta: Callable[[dict, str], None], args: dict):
-    """meta and the items of `args` of `step`, or CorruptCheckpointError. `check_meta(meta,
+    """meta and the items of `args` of `step`; CorruptCheckpointError on evidence of damage,
+    CheckpointReadError on any other failure (`checkpoint_damage.judge`). `check_meta(meta,
     path)` may raise a UserError (a config that does not fit the checkpoint), which is not a
     damaged checkpoint and propagates."""
     path = self.path(step)
     try:
       meta = self.read_meta(step)
       if not isinstance(meta, dict) or meta.get('step') != step:
-        raise ValueError(f'meta says step {meta.get("step") if isinstance(meta, dict) else meta}')
+        raise CorruptCheckpointError(
+            f'{path}: its meta item says step '
+            f'{meta.get("step") if isinstance(meta, dict) else meta}')
+    except CorruptCheckpointError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f'{path}: its meta item is unreadable ({e})') from e
+      self._judge(e, path, 'its meta item is unreadable')
     check_meta(meta, path)
     try:
       items = self.mngr.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f'{path}: its arrays are unreadable '
-                                   f'({str(e).splitlines()[0][:200]})') from e
+      self._judge(e, path, 'its arrays are unreadable')
     return meta, items
+
+  @staticmethod
+  def _judge(e: BaseException, path: str, what: str):
+    verdict = checkpoint_damage.judge(e, path)
+    if verdict != 'damaged':
+      raise checkpoint_damage.read_error(e, path, verdict) from e
+    why = checkpoint_damage.inspect(path) or checkpoint_damage.reason(e)
+    raise CorruptCheckpointError(f'{path}: {what} ({why})') from e
 
   def restore_step(self, step: int, abstract_state, check_meta: Callable[[dict, str], None]):
     """Restores `step` into `abstract_state`'s shapes and shardings: (state, meta), or raises
@@ -309,11 +335,12 @@ class Checkpoints:
 
   def restore(self, abstract_state, check_meta: Callable[[dict, str], None],
               step: int | None = None, params_only: bool = False):
-    """The newest restorable step (or `step`): (state, meta, damaged steps skipped); with
-    `params_only`, `abstract_state` is the parameters' and the first element is (params,
-    inputs).
+    """The newest restorable step (or `step`): (state, meta, {damaged step skipped: why});
+    with `params_only`, `abstract_state` is the parameters' and the first element is
+    (params, inputs).
 
-    Returns (None, None, damaged) when no step restores.
+    Returns (None, None, damaged) when no step restores. Only evidence of damage skips a
+    step; any other failure raises CheckpointReadError.
     """
     steps = self.steps()
     if step is not None:
@@ -321,7 +348,7 @@ class Checkpoints:
         raise NoCheckpointError(f'There is no checkpoint for step {step} in {self.directory} '
                                 f'(steps: {", ".join(map(str, steps)) or "none"}).')
       steps = [step]
-    damaged = []
+    damaged = {}
     for s in reversed(steps):
       try:
         if params_only:
@@ -331,5 +358,5 @@ class Checkpoints:
         return state, meta, damaged
       except CorruptCheckpointError as e:
         logging.warning('Skipping the damaged checkpoint %s.', e)
-        damaged.append(s)
+        damaged[s] = str(e).split(': ', 1)[-1]
     return None, None, damaged

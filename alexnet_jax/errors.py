@@ -19,3 +19,15 @@ class BadDataError(UserError):
 
 class OutputError(UserError):
   """Writing the run's output failed (a full disk, a lost mount, a permission)."""
+
+
+class NoFileLocksError(UserError):
+  """A file system that gives no flock (an NFS mount without a lock daemon): a run lock or a
+  dataset's preparation lock cannot be taken."""
+
+  @classmethod
+  def of(cls, path: str, e: OSError) -> 'NoFileLocksError':
+    import os
+    return cls(f'The file system of {os.path.dirname(path)} gives no file locks ({e.strerror}); '
+               'use a directory on a file system with locks, or set allow_no_file_locks=True '
+               'to go on without them (two runs could then write the same files at once).')

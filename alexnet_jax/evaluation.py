@@ -39,7 +39,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     raise checkpointing.NoCheckpointError(
         f'No restorable checkpoint{"" if step is None else f" for step {step}"} in {where}.')
   layout = setup.layout
-  eval_step = steps_lib.make_eval_step(setup.spec, layout, setup.dtype, mean=setup.data.mean)
+  eval_step = steps_lib.make_eval_step(setup.spec, layout, setup.dtype, mean=setup.data.mean,
+                                       scale=setup.data.scale)
   result = {'step': setup.start_step, 'checkpoint': setup.checkpoint_path,
             'mesh': sharding.describe(layout)}
   for name, ten_crop in (('centre', False), ('ten_crop', True)):

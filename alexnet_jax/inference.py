@@ -68,11 +68,9 @@ def figures_for_checkpoint(config, workdir: str, step: int | None = None,
 
 
 def load_image(path: str):
-  """An image file as a PIL image, or one sentence saying why it cannot be read."""
-  from PIL import Image
+  """An image file as an upright PIL image, or one sentence saying why it cannot be read."""
   try:
-    image = Image.open(path)
-    image.load()
+    image = transforms.open_image(path)
   except transforms.DECODE_ERRORS as e:
     raise ConfigError(f'--images: cannot read {path} as an image ({e}).') from e
   return image
@@ -89,6 +87,8 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
   pil_images = [load_image(p) for p in paths]
   params, meta, inputs = restore_params(config, workdir, step)
   mean = np.asarray(inputs['mean'], np.float32)
+  scale = meta.get('input_scale')  # data.std=channel; None: the paper's 0-255 scale
+  scale = None if scale is None else np.asarray(scale, np.float32)
   d = config.data
   size = d.prepared_size or (mean.shape[0] if mean.ndim == 3 else d.image_size)
   views, windows = zip(*(transforms.centre_view(image, size, d.crop_size, d.channels)
@@ -98,7 +98,7 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
 
   @jax.jit
   def probabilities(params, images):
-    logits = model_lib.apply(params, pixels.normalize(images, mean), spec,
+    logits = model_lib.apply(params, pixels.normalize(images, mean, scale), spec,
                              compute_dtype=run_setup.compute_dtype(config))
     return jax.nn.softmax(logits.astype(jnp.float32))
 

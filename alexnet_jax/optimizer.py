@@ -20,20 +20,40 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import jax.numpy as jnp
 import optax
+
 from alexnet_jax.errors import ConfigError
 
 SCHEDULES = ('constant', 'step', 'plateau')
 
 
-def paper_momentum(learning_rate, momentum: float = 0.9,
-                   weight_decay: float = 0.0005) -> optax.GradientTransformation:
-  """v <- momentum v - wd lr w - lr g; w <- w + v (paper section 5)."""
+def warmup_factor(step, warmup_steps: int):
+  """The warmup's multiplier of the learning rate at update `step` (1-based): step /
+  warmup_steps up to warmup_steps, then 1; 1 throughout when warmup_steps is 0."""
+  if warmup_steps <= 0:
+    return 1.0
+  return jnp.minimum(1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
+
+
+def paper_momentum(learning_rate, momentum: float = 0.9, weight_decay: float = 0.0005,
+                   warmup_steps: int = 0) -> optax.GradientTransformation:
+  """v <- momentum v - wd lr w - lr g; w <- w + v (paper section 5).
+
+  `warmup_steps` > 0 (not in the paper) multiplies the rate by `warmup_factor`: a linear ramp
+  from lr / warmup_steps, as Goyal et al. (2017) warm up large steps. The rate then reaches
+  its value once the network has left the first steps, whose gradients scale with the
+  activations' size squared and can throw a network on high-contrast inputs out of range.
+  The ramp has its own step count, so the plateau schedule's drops (the injected rate)
+  compose with it."""
 
   def make(learning_rate, momentum, weight_decay):
+    ramp = ([optax.scale_by_schedule(lambda count: warmup_factor(count + 1, warmup_steps))]
+            if warmup_steps > 0 else [])
     return optax.chain(
         optax.add_decayed_weights(weight_decay),  # g + wd * w
         optax.scale_by_learning_rate(learning_rate, flip_sign=True),  # -lr (g + wd w)
+        *ramp,  # -lr f(step) (g + wd w)
         optax.trace(decay=momentum),  # v = momentum v - lr (g + wd w)
     )
 

@@ -28,11 +28,13 @@ def pixel_batch(pixels: np.ndarray, window: np.ndarray | None = None,
           'shift': np.zeros((*lead, channels), np.float32) if shift is None else shift}
 
 
-def normalize(images, mean) -> jax.Array:
+def normalize(images, mean, scale=None) -> jax.Array:
   """The network's float32 input from a `pixel_batch` (on the device, inside the step):
   pixels minus the mean under each view's window, reflected where the window says so, plus
-  the view's PCA shift. `mean` is per pixel of the prepared image (H, W, C), per channel
-  (C,), or None. Float32 `images` are taken as already normalised."""
+  the view's PCA shift, all times `scale`. `mean` is per pixel of the prepared image
+  (H, W, C), per channel (C,), or None; `scale` per channel (C,) (data.std=channel: one over
+  the training set's standard deviation around that mean) or None (the paper: 0-255 less
+  the mean). Float32 `images` are taken as already normalised."""
   if not isinstance(images, dict):
     return images
   pixels = images['pixels']
@@ -47,4 +49,5 @@ def normalize(images, mean) -> jax.Array:
     x = x - mean
   reflect = (window[..., 2] > 0)[..., None, None, None]
   x = jnp.where(reflect, jnp.flip(x, axis=-2), x)
-  return x + images['shift'][..., None, None, :]
+  x = x + images['shift'][..., None, None, :]
+  return x if scale is None else x * jnp.asarray(scale, jnp.float32)

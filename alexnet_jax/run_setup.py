@@ -35,7 +35,8 @@ NONFINITE = ('stop', 'skip')
 SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
 # Fields a resumed run may change without a warning (placement, length, loader speed).
 NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps',
-                'min_train_steps', 'peak_flops_per_device',
+                'min_train_steps', 'peak_flops_per_device', 'start_fresh_if_damaged',
+                'allow_no_file_locks',
                 'profile.', 'data.threads', 'data.processes', 'data.prefetch', 'data.max_bad_records')
 
 
@@ -64,7 +65,8 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
   lr = optimizer_lib.learning_rate_schedule(
       config.lr_schedule, config.learning_rate, total_steps,
       tuple(config.lr_boundaries), config.lr_factor)
-  return optimizer_lib.paper_momentum(lr, config.momentum, config.weight_decay)
+  return optimizer_lib.paper_momentum(lr, config.momentum, config.weight_decay,
+                                      config.lr_warmup_steps)
 
 
 # ---- checks of the config alone ------------------------------------------------------------
@@ -168,6 +170,7 @@ def _validate_data(config) -> None:
   d = config.data
   _one_of('data.pipeline', d.pipeline, input_pipeline.PIPELINES)
   _one_of('data.mean', d.mean, transforms.MEAN_MODES)
+  _one_of('data.std', d.std, transforms.STD_MODES)
   for name in ('crop_pad', 'prefetch', 'prepared_size', 'crop_size', 'threads', 'processes',
                'statistics_examples'):
     _require(d[name] >= 0, f'data.{name}={d[name]} must not be negative.')
@@ -195,13 +198,30 @@ def _validate_data(config) -> None:
            f'data.statistics={d.statistics} is not a file (write one with '
            '`python -m scripts.compute_pixel_statistics`).')
   _require(not stream.needs_statistics(d) or d.prepared_size or d.statistics,
-           f'data.mean={d.mean!r} or data.pca=statistics needs images of one size: set '
-           'data.prepared_size, or data.mean=none with data.pca=imagenet.')
+           f'data.mean={d.mean!r}, data.std={d.std!r} or data.pca=statistics needs images of '
+           'one size: set data.prepared_size, or data.mean=none and data.std=none with '
+           'data.pca=imagenet.')
+
+
+def _validate_paths(config) -> None:
+  """Directories the config names: an empty one (an unset shell variable) would mean the
+  current directory, and a data_dir that is a file cannot hold datasets."""
+  d = config.data
+  for name in ('data_dir', 'manual_dir', 'folder'):
+    value = d[name]
+    _require(value is None or value.strip() != '',
+             f'data.{name} is empty (an unset shell variable?); name a directory, or leave '
+             'the field out.')
+  if d.data_dir:
+    path = os.path.expanduser(d.data_dir)
+    _require(not os.path.exists(path) or os.path.isdir(path),
+             f'data.data_dir={d.data_dir} is a file, not a directory of datasets.')
 
 
 def validate(config, layout: sharding.Layout) -> None:
   """Fails fast, in one sentence, on any config value that cannot work."""
   _validate_training(config)
+  _validate_paths(config)
   _validate_data(config)
   layout.check_batch(config.batch_size)
   layout.check_batch(config.eval_batch_size, 'eval_batch_size')
@@ -296,6 +316,11 @@ def check_checkpoint_config(config, spec: model_lib.AlexNetSpec, meta: dict, pat
     raise ConfigError(f'The config changes the model\'s shapes ({diffs or "param shapes"}) but '
                       f'the checkpoint {path} was written with the old ones; use the same model '
                       'config to resume, or a new --workdir.')
+  if bool(now['lr_warmup_steps']) != bool(then.get('lr_warmup_steps', 0)):
+    raise ConfigError(f'lr_warmup_steps={now["lr_warmup_steps"]} (the checkpoint {path} has '
+                      f'{then.get("lr_warmup_steps", 0)}) adds or removes the warmup\'s step '
+                      'count in the optimizer state; resume with a warmup on or off as it was, '
+                      'or use a new --workdir.')
   changed = [k for k in now if now[k] != then.get(k) and not k.startswith(NOT_COMPARED)]
   if changed:
     logging.warning('Resuming from %s with changed config fields: %s.', path,
@@ -332,13 +357,15 @@ class Setup:
                         'data.image_size, data.channels and data.num_classes to match.')
     loader = self.data.loader
     self.total_steps = train_steps(config, loader.steps_per_epoch)
+    # -1: once per epoch, but at most 100 times a run (a folder of 120 images is one step an
+    # epoch, and evaluating after every step made a 200-step run four times as long).
     self.eval_every = (config.eval_every_steps if config.eval_every_steps > 0
-                       else loader.steps_per_epoch)
+                       else max(loader.steps_per_epoch, -(-self.total_steps // 100)))
     self.tx = make_optimizer(config, self.total_steps)
     abstract = steps_lib.abstract_train_state(self.spec, self.tx, self.layout)
     if writable:
       workdir_lib.check_space(workdir, checkpointing.state_bytes(abstract))
-    self.state, self.meta, self.damaged, self.checkpoint_path = None, None, [], None
+    self.state, self.meta, self.damaged, self.checkpoint_path = None, None, {}, None
     ckpts = checkpointing.Checkpoints(workdir, read_only=True)
     try:
       if ckpts.steps():
@@ -348,6 +375,12 @@ class Setup:
         self.checkpoint_path = ckpts.path(self.meta['step']) if self.meta else None
     finally:
       ckpts.close()
+    if self.damaged and self.meta is None and writable and not config.start_fresh_if_damaged:
+      listed = '; '.join(f'{step}: {why}' for step, why in sorted(self.damaged.items()))
+      raise checkpointing.NoCheckpointError(
+          f'No checkpoint in {ckpts.directory} restores ({listed}), and nothing was moved: '
+          'restore them from a copy, or set start_fresh_if_damaged=True to move them to '
+          'corrupt_checkpoints/ and train again from step 0.')
 
   @property
   def start_step(self) -> int:

@@ -89,11 +89,12 @@ def _metric_sums(logits, labels, weights):
 def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
                     tx: optax.GradientTransformation, global_batch: int,
                     compute_dtype=jnp.float32, donate: bool = True,
-                    skip_nonfinite: bool = False, mean=None, grad_norm: bool = True):
+                    skip_nonfinite: bool = False, mean=None, grad_norm: bool = True,
+                    scale=None):
   """Returns train_step(state, images, labels) -> (state, metrics).
 
   `images` is a float32 batch, or a `pixels.pixel_batch` (uint8 pixels, windows,
-  PCA shifts) that each device normalises for its rows with `mean`
+  PCA shifts) that each device normalises for its rows with `mean` and `scale`
   (`pixels.normalize`).
 
   With `skip_nonfinite`, a step whose loss or gradient is NaN or Inf leaves the parameters and
@@ -107,7 +108,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
   grad_norm = grad_norm or skip_nonfinite
 
   def local_loss(params, images, labels, key):
-    images = pixels.normalize(images, mean)
+    images = pixels.normalize(images, mean, scale)
     local_b = labels.shape[0]
     logits = model_lib.apply(params, images, spec, train=True, dropout_key=key,
                              example_ids=layout.example_ids(local_b),
@@ -145,7 +146,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
 
 
 def make_eval_step(spec: model_lib.AlexNetSpec, layout: Layout, compute_dtype=jnp.float32,
-                   mean=None):
+                   mean=None, scale=None):
   """Returns eval_step(params, images, labels, weights) -> summed metrics.
 
   `images` as for `make_train_step`.
@@ -156,7 +157,7 @@ def make_eval_step(spec: model_lib.AlexNetSpec, layout: Layout, compute_dtype=jn
   axes = layout.apply_axes
 
   def local_eval(params, images, labels, weights):
-    images = pixels.normalize(images, mean)
+    images = pixels.normalize(images, mean, scale)
     if images.ndim == 5:
       b, v = images.shape[:2]
       logits = model_lib.apply(params, images.reshape(b * v, *images.shape[2:]), spec,

@@ -61,7 +61,7 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
   the current step with a checkpoint of it (`interrupts.Interrupted`).
   """
   hooks = hooks or Hooks()
-  lock = workdir_lib.RunLock(workdir)
+  lock = workdir_lib.RunLock(workdir, config.allow_no_file_locks)
   workdir_lib.on_process_zero(lock.check_free)  # a busy workdir fails before anything else
   setup = run_setup.Setup(config, workdir)
   layout, spec, total = setup.layout, setup.spec, setup.total_steps
@@ -81,10 +81,12 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
         jax.random.key(config.seed), spec, setup.tx, layout)
     train_steps = {logged: steps_lib.make_train_step(  # the logged steps add grad_norm
         spec, layout, setup.tx, config.batch_size, setup.dtype, skip_nonfinite=log.skip,
-        mean=setup.data.mean, grad_norm=logged) for logged in (True, False)}
+        mean=setup.data.mean, scale=setup.data.scale, grad_norm=logged)
+        for logged in (True, False)}
     evaluate = functools.partial(
         evaluation.evaluate, steps_lib.make_eval_step(spec, layout, setup.dtype,
-                                                      mean=setup.data.mean),
+                                                      mean=setup.data.mean,
+                                                      scale=setup.data.scale),
         data=setup.data, layout=layout, batch_size=config.eval_batch_size)
     logging.info('Training steps %d-%d of %d images (%d per epoch) on mesh %s, %d parameters.',
                  setup.start_step + 1, total, config.batch_size,
@@ -104,6 +106,7 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
         log.write(step, state, saver.last_good)
       if _due(step, setup.eval_every, total):
         last_eval = evaluate(params=state.params)
+        log.check_eval(step, last_eval, saver.last_good)
         state = saver.schedule(state, last_eval, layout)
         writer.write(step, last_eval)
         _write_figures(state, workdir, step, is_main)
@@ -177,6 +180,8 @@ class _TrainLog:
   def __init__(self, config, setup: run_setup.Setup, record: _RunRecord, writer):
     self.batch_size, self.layout, self.loader = config.batch_size, setup.layout, setup.data.loader
     self.skip = config.on_nonfinite_loss == 'skip'
+    self.base_lr, self.warmup = config.learning_rate, config.lr_warmup_steps
+    self.std = config.data.std
     self.record, self.writer = record, writer
     self.progress = metrics_lib.Progress(setup.total_steps, config.batch_size,
                                          enabled=record.is_main)
@@ -215,15 +220,30 @@ class _TrainLog:
   def restart_clock(self) -> None:
     self.t_last, self.timed = time.perf_counter(), 0
 
+  def diverged(self, what: str, value: float, step: int, last_good: str | None):
+    """The one sentence for a run whose loss left the floats, with what to change."""
+    where = (f'the last good checkpoint is {last_good}' if last_good
+             else 'no checkpoint was written before it')
+    return FloatingPointError(
+        f'The {what} is {value} at step {step}; {where}; the updates diverged: lower '
+        f'learning_rate (now {self.base_lr:g}; try {self.base_lr / 10:g}), ramp it up over more '
+        f'steps with lr_warmup_steps (now {self.warmup}; try {max(100, 2 * self.warmup)}), or '
+        f'scale the inputs to unit variance with data.std=channel (now {self.std}), and '
+        f'rerun{", which resumes from that checkpoint" if last_good else ""}.')
+
   def check_finite(self, last_good: str | None, host=None) -> None:
     host = jax.device_get(self.pending) if host is None else host
     bad = next(((s, float(m['loss'])) for s, m in host
                 if not np.isfinite(m['loss']) or not np.isfinite(m.get('grad_norm', 0.0))),
                None)
     if bad is not None and not self.skip:
-      where = (f'the last good checkpoint is {last_good}' if last_good
-               else 'no checkpoint was written before it')
-      raise FloatingPointError(f'The training loss is {bad[1]} at step {bad[0]}; {where}.')
+      raise self.diverged('training loss', bad[1], bad[0], last_good)
+
+  def check_eval(self, step: int, result: dict, last_good: str | None) -> None:
+    """An evaluation whose loss is NaN or Inf ends the run there (the parameters have left
+    the floats), not at the next log line."""
+    if not np.isfinite(result['eval/loss']) and not self.skip:
+      raise self.diverged('evaluation loss', result['eval/loss'], step, last_good)
 
   def flush(self, step: int, state, last_good: str | None) -> None:
     """Logs the steps since the last log line, if any (a run stopping early)."""
@@ -241,7 +261,8 @@ class _TrainLog:
       if scalars['train/skipped_steps']:
         logging.warning('Skipped %d updates with a NaN or Inf loss up to step %d.',
                         scalars['train/skipped_steps'], step)
-    scalars['lr'] = float(state.opt_state.hyperparams['learning_rate'])
+    scalars['lr'] = float(state.opt_state.hyperparams['learning_rate']) * float(
+        optimizer_lib.warmup_factor(step, self.warmup))  # the rate of this step
     if self.timed:
       elapsed = time.perf_counter() - self.t_last
       scalars['images_per_sec'] = self.timed * self.batch_size / elapsed
@@ -267,7 +288,9 @@ class _Saver:
     self.config, self.setup = config, setup
     self.ckpt = checkpointing.Checkpoints(workdir, config.keep_checkpoints,
                                           after_save=after_save)
-    self.ckpt.quarantine(setup.damaged)
+    if setup.damaged and setup.meta is None:  # start_fresh_if_damaged: keep the old curves too
+      self.ckpt.quarantine_metrics()
+    self.ckpt.quarantine(sorted(setup.damaged))
     self.plateau = optimizer_lib.Plateau(factor=config.lr_factor,
                                          patience=config.plateau_patience,
                                          max_drops=config.plateau_max_drops)
@@ -315,7 +338,8 @@ class _Saver:
     data = self.setup.data
     meta = {'step': step, 'loader': {'step': step, 'seed': self.config.seed},
             'plateau': self.plateau.state_dict(), 'config': self.config_json,
-            'class_names': list(data.info.class_names)}
+            'class_names': list(data.info.class_names),
+            'input_scale': None if data.scale is None else [float(v) for v in data.scale]}
     self.ckpt.save(step, state, meta, {'mean': np.asarray(data.mean, np.float32)})
     self.last_good = self.ckpt.path(step)
 

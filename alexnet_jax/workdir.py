@@ -24,7 +24,7 @@ import os
 import shutil
 import socket
 
-from alexnet_jax.errors import ConfigError, UserError
+from alexnet_jax.errors import ConfigError, NoFileLocksError, UserError
 
 LOCK_FILE = 'run.lock'
 RUN_FILE = 'run.json'
@@ -39,6 +39,9 @@ def check(workdir: str, writable: bool = True) -> None:
   not exist (not `writable`: it is only read) fails before anything is read or written.
   (root passes `os.access` everywhere: its failures surface at the first write, still
   before anything else is written or compiled.)"""
+  if not workdir or not workdir.strip():
+    raise ConfigError('--workdir is empty (an unset shell variable?); name the run\'s '
+                      'directory, such as --workdir=runs/x.')
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ConfigError(f'--workdir={workdir} is a file, not a directory.')
@@ -88,12 +91,24 @@ def _holder(path: str) -> str:
 
 
 class RunLock:
-  """An exclusive lock on `<workdir>/run.lock` for the life of a training run."""
+  """An exclusive lock on `<workdir>/run.lock` for the life of a training run. A file system
+  that gives no locks (flock fails with ENOLCK, EOPNOTSUPP, ...: an NFS mount without a lock
+  daemon) cannot keep a second run out, so the run is refused in one sentence, unless
+  `allow_no_locks` accepts the risk."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, allow_no_locks: bool = False):
     self.workdir = workdir
     self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    self.allow_no_locks = allow_no_locks
     self._fd = None
+
+  def _no_locks(self, e: OSError) -> None:
+    """Raises NoFileLocksError for a flock error that is not "held by another", unless
+    `allow_no_locks` (then a warning)."""
+    if not self.allow_no_locks:
+      raise NoFileLocksError.of(self.path, e)
+    logging.warning('No file locks in %s (%s): training without run.lock\'s protection '
+                    '(allow_no_file_locks=True).', self.workdir, e.strerror)
 
   def _busy(self, who: str) -> WorkdirBusyError:
     return WorkdirBusyError(f'Another run is training in --workdir={self.workdir} ({who}); '
@@ -111,6 +126,7 @@ class RunLock:
     except OSError as e:
       if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
         raise self._busy(_holder(self.path)) from None
+      self._no_locks(e)
     finally:
       os.close(fd)
 
@@ -123,9 +139,15 @@ class RunLock:
       raise ConfigError(f'--workdir={self.workdir} is not writable ({e.strerror}).') from e
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      os.close(fd)
-      raise self._busy(_holder(self.path)) from None
+    except OSError as e:
+      if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+        os.close(fd)
+        raise self._busy(_holder(self.path)) from None
+      try:
+        self._no_locks(e)
+      except UserError:
+        os.close(fd)
+        raise
     holder = {'host': socket.gethostname(), 'pid': os.getpid(),
               'started': datetime.datetime.now().astimezone().isoformat(timespec='seconds')}
     os.ftruncate(fd, 0)

@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.pca_sigma = 0.1  # PCA colour augmentation (section 4.1); 0: off
   config.data.pca = 'imagenet'  # imagenet: the card's eigenvectors; statistics: computed
   config.data.mean = 'pixel'  # subtract the training set's per-pixel mean (section 2)
+  # none: the paper's 0-255 scale; channel: divide by the training set's standard deviation
+  # per channel around that mean (unit-variance inputs, as torchvision's normalisation).
+  config.data.std = 'none'
   # .npz of scripts/compute_pixel_statistics.py (mean image, PCA); empty: computed at start
   # over statistics_examples training images (0: all) drawn with the seed.
   config.data.statistics = ''
@@ -83,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_schedule = 'plateau'  # constant | step | plateau
   config.lr_boundaries = (0.25, 0.5, 0.75)  # 'step': fractions of training
   config.lr_factor = 0.1  # 'step' and 'plateau'
+  # A linear ramp of the rate over the first steps (not in the paper, which starts at 0.01):
+  # 0 off.
+  config.lr_warmup_steps = 0
   config.plateau_patience = 1  # evaluations without improvement before a drop
   config.plateau_max_drops = 3  # the paper divided the rate by 10 three times
 
@@ -92,12 +98,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.mesh.data = -1  # -1: the devices left over
   config.mesh.model = 0  # 0: 2 when there are >= 2 devices (towers/hybrid), else 1
 
-  # Several hosts (jax.distributed). Empty / -1: JAX's cluster auto-detection,
-  # or a single process when nothing is detected.
+  # Several hosts (jax.distributed, alexnet_jax/cluster.py). Empty / -1: JAX's cluster
+  # auto-detection (SLURM, Open MPI, ...), or a single process when nothing is detected.
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ''
   config.distributed.num_processes = -1
   config.distributed.process_id = -1
+  config.distributed.auto_detect = True  # False: one process even inside a detected cluster
+  # A process that sends no heartbeat for this long is lost (killed, frozen, host gone): the
+  # others stop in one line naming it, within about twice this (JAX's default is 100 s).
+  config.distributed.heartbeat_timeout_seconds = 10
+  config.distributed.initialization_timeout_seconds = 300  # to wait for every process to join
 
   # jax.profiler trace of steps start_step..start_step+num_steps-1 into <workdir>/profile/
   # (alexnet_jax/profiling.py); start_step=-1: off. Only process 0 unless all_hosts.
@@ -112,9 +123,15 @@ def get_config() -> ml_collections.ConfigDict:
   # measured on this host model (CPU). run.json's peak_flops.source says which was used.
   config.peak_flops_per_device = 0.0
   config.log_every_steps = 100
-  config.eval_every_steps = -1  # -1: once per epoch
+  config.eval_every_steps = -1  # -1: once per epoch (at most 100 times a run)
   config.eval_batch_size = 256
   config.checkpoint_every_steps = 5000  # and at the end
   config.keep_checkpoints = 3  # the newest complete ones; older ones go once a newer is complete
+  # When every checkpoint of the workdir is damaged, the run stops and names them; True moves
+  # them to corrupt_checkpoints/ (and metrics.jsonl beside them) and trains from step 0.
+  config.start_fresh_if_damaged = False
   config.on_nonfinite_loss = 'stop'  # stop: exit naming the step; skip: drop that update
+  # The workdir's run.lock and data_dir's preparation locks are flocks; where the file system
+  # gives none (NFS without a lock daemon) the run stops, unless this accepts the risk.
+  config.allow_no_file_locks = False
   return config

@@ -4,6 +4,7 @@
 
   kill_after_step=N       SIGKILL this process after step N
   kill_after_save=N       SIGKILL it right after the asynchronous save of step N has started
+  stop_after_step=N       SIGSTOP this process after step N (frozen: a hung host)
   nan_at_step=N           a NaN in every pixel of batch N (through the PCA shift)
   term_at_step=N          SIGTERM to this process while step N runs
   int_at_step=N           SIGINT likewise
@@ -11,11 +12,18 @@
   term_after_save=N       SIGTERM right after the asynchronous save of step N has started
   int_after_save=N        SIGINT likewise
   fill_disk_after_step=N  fill the workdir's file system after step N, leaving 32 KiB
+  restore_eio=1           orbax's restore of a checkpoint's state raises OSError(EIO), as on a
+                          lost NFS mount
+  restore_memory_error=1  it raises MemoryError
   process=P               inject only on process P (default: every process)
+
+With $ALEXNET_JAX_FAULT_LOG set, each kill or stop first appends a JSON line {fault, step, pid,
+time} to that file, so that a test can time what the other processes do next.
 
 Production code has no fault switches; only this wrapper does.
 """
 
+import json
 import os
 import signal
 import sys
@@ -51,7 +59,22 @@ def fill_disk(directory: str, leave: int = 32 << 10) -> None:
         break
 
 
+def failing_restores(error: BaseException) -> None:
+  """orbax's CheckpointManager.restore raises `error` whenever it restores a state item."""
+  import orbax.checkpoint as ocp
+  restore = ocp.CheckpointManager.restore
+
+  def failing(self, step, *args, **kwargs):
+    composite = kwargs.get('args', args[0] if args else None)
+    if composite is not None and 'state' in composite.keys():
+      raise error
+    return restore(self, step, *args, **kwargs)
+
+  ocp.CheckpointManager.restore = failing
+
+
 def make_hooks():
+  import errno
   import jax
   import jax.numpy as jnp
   from alexnet_jax import train
@@ -60,14 +83,26 @@ def make_hooks():
   process = int(items.pop('process', -1))
   at = {name: int(step) for name, step in items.items()}
   active = process < 0 or jax.process_index() == process
+  if at.get('restore_eio'):
+    failing_restores(OSError(errno.EIO, os.strerror(errno.EIO)))
+  if at.get('restore_memory_error'):
+    failing_restores(MemoryError())
 
   def fault(name, step):
     return active and at.get(name) == step
 
-  def kill():
+  def note(name, step):
+    path = os.environ.get('ALEXNET_JAX_FAULT_LOG')
+    if path:
+      with open(path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps({'fault': name, 'step': step, 'pid': os.getpid(),
+                            'process': jax.process_index(), 'time': time.time()}) + '\n')
+
+  def kill(name, step, sig=signal.SIGKILL):
     sys.stdout.flush()
     sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+    note(name, step)
+    os.kill(os.getpid(), sig)
 
   class Faults(train.Hooks):
 
@@ -84,13 +119,15 @@ def make_hooks():
 
     def after_step(self, step):
       if fault('kill_after_step', step):
-        kill()
+        kill('kill_after_step', step)
+      if fault('stop_after_step', step):
+        kill('stop_after_step', step, signal.SIGSTOP)
       if fault('fill_disk_after_step', step):
         fill_disk(flags.FLAGS.workdir)
 
     def after_save(self, step):
       if fault('kill_after_save', step):
-        kill()
+        kill('kill_after_save', step)
       if fault('term_after_save', step):
         os.kill(os.getpid(), signal.SIGTERM)
       if fault('int_after_save', step):

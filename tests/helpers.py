@@ -34,12 +34,12 @@ SMALL_MODEL = ['--config.data.image_size=32', '--config.data.num_classes=10',
 
 
 def launch(workdir, *overrides, config='configs/synthetic.py', devices=1, faults='',
-           xla_cache=None, background=False, timeout=600):
+           xla_cache=None, background=False, timeout=600, env=None):
   """launch.py in a subprocess on `devices` CPU devices; with `faults`, through
   tests/faults.py, which injects them (e.g. 'kill_after_step=3'). A shared `xla_cache` makes
-  reruns load their executables instead of compiling again."""
+  reruns load their executables instead of compiling again. `env`: more variables."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu')
+             JAX_PLATFORMS='cpu', **(env or {}))
   if xla_cache is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(xla_cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
@@ -49,6 +49,23 @@ def launch(workdir, *overrides, config='configs/synthetic.py', devices=1, faults
   proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
   return proc if background else finish(proc, timeout)
+
+
+def free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def launch_processes(workdir, *overrides, num_processes=2, **kwargs):
+  """`num_processes` processes of one run (gloo on 127.0.0.1), one CPU device each, started
+  in the background: the towers split across the processes."""
+  port = free_port()
+  return [launch(workdir, *overrides, f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+                 f'--config.distributed.num_processes={num_processes}',
+                 f'--config.distributed.process_id={i}', background=True, devices=1, **kwargs)
+          for i in range(num_processes)]
 
 
 def finish(proc, timeout=600):
@@ -143,6 +160,38 @@ def encode(image, fmt='JPEG') -> bytes:
   return out.getvalue()
 
 
+def bomb_png(width: int = 40000, height: int = 40000, bits: int = 1) -> bytes:
+  """A decompression bomb: a PNG of grey zeros (`bits` per pixel), a few hundred kilobytes
+  for 40000 x 40000, that decodes to width x height pixels."""
+  import zlib
+
+  def chunk(kind, data):
+    return (struct.pack('>I', len(data)) + kind + data
+            + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+
+  row = b'\0' * (1 + -(-width * bits // 8))  # filter byte, then the packed pixels
+  z, idat = zlib.compressobj(9), []
+  for _ in range(height):
+    idat.append(z.compress(row))
+  idat.append(z.flush())
+  header = struct.pack('>IIBBBBB', width, height, bits, 0, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', b''.join(idat))
+          + chunk(b'IEND', b''))
+
+
+def rotated_jpeg(upright) -> bytes:
+  """The PIL image `upright` stored as a camera held turned stores it: the sensor's pixels
+  (`upright` turned 90 degrees counter-clockwise) and EXIF orientation 6 (turn them 90
+  degrees clockwise to view), which every photo viewer shows as `upright`."""
+  from PIL import Image
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  out = io.BytesIO()
+  upright.transpose(Image.Transpose.ROTATE_90).save(out, 'JPEG', quality=95,
+                                                     exif=exif.tobytes())
+  return out.getvalue()
+
+
 def jpeg_records(n: int = 48, sizes=(36, 70), classes: int = 10) -> list[dict]:
   """`n` records {'image': JPEG bytes, 'label'} of various sizes and aspect ratios."""
   source, rng, records = photo(), np.random.default_rng(0), []
@@ -181,6 +230,22 @@ def make_small_folder(root, train=24, test=8):
         x = (0 if k == 0 else source.size[0] // 2) + 7 * i
         image = source.crop((x, 30 + 5 * i, x + 150, 140 + 5 * i)).resize((60, 44))
         image.save(root / split / cls / f'{i}.jpg')
+
+
+def colour_folder(root, train: int, test: int, size=(64, 48), sigma: float = 40.0,
+                  colours=((40, 70, 40), (170, 150, 120)), seed: int = 0):
+  """A beginner's folder: one class per colour, each image Gaussian noise (`sigma`) around
+  it, `train` and `test` JPEGs per class of `size` (width, height): separable at a glance,
+  and of a contrast that the paper's 0-255 inputs turn into huge activations."""
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  w, h = size
+  for split, n in (('train', train), ('test', test)):
+    for k, colour in enumerate(colours):
+      (root / split / f'class{k}').mkdir(parents=True)
+      for i in range(n):
+        pixels = np.clip(rng.normal(colour, sigma, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / split / f'class{k}' / f'{i}.jpg')
 
 
 def write_idx(path, array):

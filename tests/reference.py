@@ -18,6 +18,26 @@ CARD_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                         [-0.5836, -0.6948, 0.4203]])
 
 
+def random_params(param_shapes, seed):
+  """Random float64 weights for `spec.param_shapes()`, scaled so that every layer (and LRN)
+  is in its working range."""
+  rng = np.random.default_rng(seed)
+  params = {}
+  for layer, shapes in param_shapes.items():
+    fan_in = int(np.prod(shapes['kernel'][1:-1]))
+    std = 0.05 if layer == 'conv1' else 1.5 / np.sqrt(fan_in)
+    params[layer] = {'kernel': rng.normal(0, std, shapes['kernel']),
+                     'bias': rng.normal(0, 0.1, shapes['bias'])}
+  return params
+
+
+def cross_entropy(logits, labels):
+  """The mean softmax cross-entropy of float64 logits (B, C) against integer labels."""
+  z = logits - logits.max(axis=-1, keepdims=True)
+  log_p = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+  return -log_p[np.arange(len(labels)), labels].mean()
+
+
 def conv2d(x, w, b, stride, pads):
   """x (B,H,W,C), w (k,k,C,F), pads ((top,bottom),(left,right))."""
   x = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))

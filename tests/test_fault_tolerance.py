@@ -138,6 +138,48 @@ def test_damaged_latest_checkpoint_is_skipped_for_the_previous_one(xla_cache, tr
     assert [r['step'] for r in records(workdir, 'train/loss')] == list(range(1, 11))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('fault,cause', [('restore_eio=1', 'Input/output error'),
+                                         ('restore_memory_error=1', 'out of memory')])
+def test_a_restore_that_fails_for_the_machine_stops_and_moves_nothing(xla_cache, trained,
+                                                                      tmp_path, fault, cause):
+  """An I/O error (a lost NFS mount) or MemoryError while orbax reads the arrays is not a
+  damaged checkpoint: the run stops in one sentence, and no checkpoint is skipped, moved or
+  retrained from step 0, and metrics.jsonl keeps every line."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  before = snapshot(workdir)
+  error = one_error_line(launch(xla_cache, workdir, *TRAINED, '--config.num_train_steps=14',
+                                devices=2, faults=fault))
+  assert f'Restoring the checkpoint {workdir}/checkpoints/10 failed ({cause}' in error, error
+  assert 'with the machine; nothing was moved or retrained' in error, error
+  assert snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_when_no_checkpoint_restores_the_run_names_them_unless_told_to_start_again(
+    xla_cache, trained, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  for step in (4, 8, 10):  # each one truncated: evidence of damage
+    arrays = sorted((workdir / f'checkpoints/{step}/state').rglob('d/*'),
+                    key=lambda p: p.stat().st_size)
+    with open(arrays[-1], 'r+b') as f:
+      f.truncate(arrays[-1].stat().st_size // 2)
+  before = snapshot(workdir)
+  error = one_error_line(launch(xla_cache, workdir, *TRAINED, devices=2))
+  assert f'No checkpoint in {workdir}/checkpoints restores (4: its arrays are unreadable' in error
+  assert '8: its arrays' in error and '10: its arrays' in error, error
+  assert 'and nothing was moved' in error and 'start_fresh_if_damaged=True' in error, error
+  assert snapshot(workdir) == before
+  result = launch(xla_cache, workdir, *TRAINED, '--config.start_fresh_if_damaged=True',
+                  devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  moved = sorted(p.name.split('-')[0] for p in (workdir / 'corrupt_checkpoints').iterdir())
+  assert moved == ['10', '4', '8', 'metrics'], moved  # the old curves kept beside them
+  assert_bitwise_equal(load_state(workdir, 10), load_state(trained, 10))  # trained again
+
+
 # ---- restore on another mesh, evaluation mode ------------------------------------------------
 
 
@@ -170,6 +212,33 @@ def test_checkpoint_of_towers_1x2_evaluates_the_same_on_data_8_and_one_device(xl
   assert snapshot(trained) == before  # evaluation writes nothing
 
 
+@pytest.mark.slow
+def test_training_resumed_on_another_mesh_takes_the_same_steps(xla_cache, trained, tmp_path):
+  """A run started on towers 1x2 continues on data 2 x model 1 and on one device: its losses
+  and final state are the uninterrupted 1x2 run's, to float32 rounding."""
+  longer = [*TRAINED, '--config.num_train_steps=16']
+  reference = tmp_path / 'reference'
+  result = launch(xla_cache, reference, *longer, devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  want = {r['step']: r['train/loss'] for r in records(reference, 'train/loss')}
+  for name, mesh, devices in (('2x1', ['--config.mesh.data=2', '--config.mesh.model=1'], 2),
+                              ('1x1', ['--config.mesh.data=1', '--config.mesh.model=1'], 1)):
+    workdir = tmp_path / name
+    shutil.copytree(trained, workdir)
+    result = launch(xla_cache, workdir, *longer, *mesh, devices=devices)
+    assert result.returncode == 0, (name, result.stderr[-3000:])
+    assert f'Resumed from {workdir}/checkpoints/10.' in result.stderr
+    got = {r['step']: r['train/loss'] for r in records(workdir, 'train/loss')}
+    assert sorted(got) == list(range(1, 17))
+    np.testing.assert_allclose([got[s] for s in range(11, 17)], [want[s] for s in range(11, 17)],
+                               rtol=1e-5, err_msg=name)
+    resumed = json.loads((workdir / 'run.json').read_text())['resumes'][-1]
+    assert resumed['mesh']['data'] == int(name[0]) and resumed['start_step'] == 10
+    for a, b in zip(jax.tree.leaves(load_state(workdir, 16)['params']),
+                    jax.tree.leaves(load_state(reference, 16)['params'])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
 # ---- NaN / Inf ------------------------------------------------------------------------------
 
 
@@ -183,6 +252,9 @@ def test_nonfinite_loss(xla_cache, tmp_path, policy):
     error = one_error_line(result)
     assert 'at step 3;' in error and f'the last good checkpoint is {tmp_path}/checkpoints/2' \
         in error, error
+    # What to change, in the same sentence.
+    assert 'the updates diverged: lower learning_rate (now 0.01; try 0.001)' in error, error
+    assert 'lr_warmup_steps (now 0; try 100)' in error and 'data.std=channel' in error, error
     assert steps_on_disk(tmp_path) == [2]
   else:
     assert result.returncode == 0, result.stderr[-3000:]
@@ -213,6 +285,8 @@ def test_bad_input_fails_in_one_sentence_and_leaves_the_workdir(xla_cache, train
   (tmp_path / 'raises.py').write_text('def get_config():\n  return 1 / 0\n')
   empty = tmp_path / 'empty'
   empty.mkdir()
+  bomb = tmp_path / 'bomb.png'
+  bomb.write_bytes(helpers.bomb_png())
   synthetic = 'configs/synthetic.py'
   cases = {  # name: (workdir, extra flags, expected in the error line, config file)
       'unknown field': (workdir, ['--config.learning_ratee=0.1'],
@@ -258,6 +332,18 @@ def test_bad_input_fails_in_one_sentence_and_leaves_the_workdir(xla_cache, train
                                  'There is no checkpoint for step 3', synthetic),
       'predict a missing image': (workdir, ['--mode=predict', f'--images={tmp_path}/no.png'],
                                   'cannot read', synthetic),
+      'predict a decompression bomb': (workdir, ['--mode=predict', f'--images={bomb}'],
+                                       'as an image (it is 1,600,000,000 pixels, more than the '
+                                       '67,108,864 that are decoded; resize it first)',
+                                       synthetic),
+      'an empty image name': (workdir, ['--mode=predict', f'--images={bomb},'],
+                              'has an empty file name', synthetic),
+      'an empty figures_dir': (workdir, ['--mode=figures', '--figures_dir='],
+                               '--figures_dir is empty', synthetic),
+      'an empty data_dir': (workdir, ['--config.data.data_dir='], 'data.data_dir is empty',
+                            synthetic),
+      'a data_dir that is a file': (workdir, [f'--config.data.data_dir={a_file}'],
+                                    'is a file, not a directory of datasets', synthetic),
   }
   before = {p: snapshot(p) for p in (workdir, a_file, unwritable, empty)}
   def flags(extra):  # a flag given twice would be appended to for tuples: replace it
@@ -272,3 +358,14 @@ def test_bad_input_fails_in_one_sentence_and_leaves_the_workdir(xla_cache, train
     assert cases[name][2] in error, (name, error)
     assert error.count('. ') == 0, (name, error)  # one sentence
   assert {p: snapshot(p) for p in before} == before
+
+
+@pytest.mark.slow
+def test_an_empty_workdir_fails_in_one_sentence_and_writes_nothing(xla_cache):
+  """`--workdir=$RUN` with RUN unset: not a run in the current directory (the checkout)."""
+  before = sorted(p.name for p in helpers.ROOT.iterdir())
+  for workdir in ('', ' '):
+    error = one_error_line(launch(xla_cache, workdir, *BASE))
+    assert error == ("error: --workdir is empty (an unset shell variable?); name the run's "
+                     'directory, such as --workdir=runs/x.'), error
+  assert sorted(p.name for p in helpers.ROOT.iterdir()) == before

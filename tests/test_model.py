@@ -67,15 +67,7 @@ def test_lrn_gradient_matches_finite_differences():
 
 
 def _random_params(spec, seed):
-  """Random weights scaled so that every layer (and LRN) is in its working range."""
-  rng = np.random.default_rng(seed)
-  params = {}
-  for layer, shapes in spec.param_shapes().items():
-    fan_in = int(np.prod(shapes['kernel'][1:-1]))
-    std = 0.05 if layer == 'conv1' else 1.5 / np.sqrt(fan_in)
-    params[layer] = {'kernel': rng.normal(0, std, shapes['kernel']),
-                     'bias': rng.normal(0, 0.1, shapes['bias'])}
-  return params
+  return reference.random_params(spec.param_shapes(), seed)
 
 
 def test_forward_matches_float64_numpy_full_model():

@@ -1,11 +1,10 @@
 """Runs that survive real clusters, tried from outside as a user meets them: SIGTERM and
-SIGINT (on one process and on one of two), two runs on one workdir, a full disk, read-only
-workdirs, a step directory turned into a link loop, reruns and their run.json."""
+SIGINT, two runs on one workdir, a full disk, read-only workdirs, a step directory turned
+into a link loop, reruns and their run.json. Runs of several processes: test_cluster.py."""
 
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 
@@ -84,57 +83,6 @@ def test_a_second_sigint_exits_at_once(xla_cache, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def launch_two(xla_cache, workdir, *overrides, faults=''):
-  """Two processes of one run (gloo on 127.0.0.1), one CPU device each: the towers split
-  across the processes."""
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    procs.append(launch(xla_cache, workdir, *overrides,
-                        '--config.distributed.coordinator_address=127.0.0.1:%d' % port,
-                        '--config.distributed.num_processes=2',
-                        f'--config.distributed.process_id={i}', background=True,
-                        faults=faults, devices=1))
-  return [helpers.finish(p, timeout=300) for p in procs]
-
-
-LONG = [*RUN, '--config.num_train_steps=40', '--config.log_every_steps=5',
-        '--config.eval_every_steps=20', '--config.checkpoint_every_steps=4']
-
-
-@pytest.fixture(scope='module')
-def two_process_reference(xla_cache, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('reference2') / 'run'
-  results = launch_two(xla_cache, workdir, *LONG)
-  for r in results:
-    assert r.returncode == 0, r.stderr[-3000:]
-  return workdir
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize('fault', ['term_at_step=3', 'int_after_save=4'])
-def test_two_processes_stop_at_the_same_step_when_process_1_gets_the_signal(
-    xla_cache, two_process_reference, tmp_path, fault):
-  workdir = tmp_path / 'run'
-  results = launch_two(xla_cache, workdir, *LONG, faults=f'{fault},process=1')
-  lines = [stopped_line(r) for r in results]
-  steps = {int(line.split(' after step ')[1].split()[0]) for line in lines}
-  assert len(steps) == 1, lines  # the same step, on both processes
-  step = steps.pop()
-  assert 3 <= step < 40 and step in steps_on_disk(workdir)
-  results = launch_two(xla_cache, workdir, *LONG)
-  for r in results:
-    assert r.returncode == 0, r.stderr[-3000:]
-  assert f'Resumed from {workdir}/checkpoints/{step}.' in results[0].stderr
-  assert_bitwise_equal(load_state(workdir, 40), load_state(two_process_reference, 40))
-
-
 # ---- one run per workdir -----------------------------------------------------------------
 
 
@@ -150,12 +98,12 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_dead_runs_lock_is_taken
     assert time.time() < deadline and first.poll() is None
     time.sleep(0.2)
   before = snapshot(workdir / 'checkpoints')
-  t0 = time.time()
   second = launch(xla_cache, workdir, *RUN)
-  took = time.time() - t0
   error = one_error_line(second)
   assert 'Another run is training' in error and f'PID {first.pid}' in error, error
-  assert took < 10, took
+  # Refused before any data is read or anything compiles (not timed: a loaded machine is slow).
+  for later in ('pixel statistics', 'Peak FLOP/s', 'Training steps', 'Storing'):
+    assert later not in second.stderr, second.stderr[-3000:]
   assert snapshot(workdir / 'checkpoints') == before
   result = helpers.finish(first)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -37,12 +37,25 @@ def five_step_losses(layout, spec=SMALL, batch=16):
   return np.array(losses), state
 
 
-def test_same_losses_on_every_mesh():
-  reference, _ = five_step_losses(layout_for('towers', 1, 1))
+def host_state(state):
+  """Parameters and momentum buffers as float64 numpy, wherever they live."""
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), jax.device_get(
+      {'params': state.params, 'momentum': state.opt_state.inner_state[2].trace}))
+
+
+def test_same_losses_and_states_on_every_mesh():
+  """Not only the losses: after five steps with dropout, the parameters and the momentum
+  are the one-device run's on every mesh of every mode, to float32 rounding."""
+  reference, first = five_step_losses(layout_for('towers', 1, 1))
   assert np.all(np.isfinite(reference)) and len(set(reference.round(6))) > 1
+  first = host_state(first)
   for mode, d, m in MESHES[1:]:
-    losses, _ = five_step_losses(layout_for(mode, d, m))
+    losses, state = five_step_losses(layout_for(mode, d, m))
     np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=f'{mode} {d}x{m}')
+    for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(host_state(state))[0],
+                                 jax.tree.leaves(first)):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                 err_msg=f'{mode} {d}x{m} {jax.tree_util.keystr(path)}')
 
 
 def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh():

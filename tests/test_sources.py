@@ -253,3 +253,27 @@ def test_missing_splits_and_classes_without_training_images(tmp_path, caplog):
     sources.image_folder_builder(str(tmp_path / 'images'), str(tmp_path / 'tfds'),
                                  ('train', 'test'))
   assert any("'bird'" in r.message and 'none in' in r.message for r in caplog.records)
+
+
+def test_a_bomb_in_a_folder_is_a_bad_record_and_a_turned_photo_is_stored_upright(tmp_path,
+                                                                                 caplog):
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from PIL import Image
+  helpers.make_folder(tmp_path / 'images')
+  (tmp_path / 'images' / 'train' / 'dog' / 'bomb.png').write_bytes(helpers.bomb_png())
+  upright = Image.new('RGB', (90, 60), (220, 40, 40))
+  upright.paste((40, 40, 220), (0, 0, 30, 60))  # a blue band on the left
+  (tmp_path / 'images' / 'train' / 'cat' / 'turned.jpg').write_bytes(helpers.rotated_jpeg(upright))
+  source = sources.image_folder_builder(str(tmp_path / 'images'), str(tmp_path / 'tfds'))
+  with caplog.at_level('WARNING'):
+    prepared = sources.prepare_resized(source, str(tmp_path / 'tfds'), size=24,
+                                       max_bad_records=1)
+  assert prepared.info.splits['train'].num_examples == 7  # 8 files, the bomb left out
+  assert any('dog/bomb.png' in r.message and '1,600,000,000 pixels' in r.message
+             for r in caplog.records)
+  raw = source.as_data_source('train', decoders={'image': tfds.decode.SkipDecoding()})
+  index = next(i for i in range(len(raw)) if raw[i]['file_name'] == b'cat/turned.jpg')
+  stored = prepared.as_data_source('train')[index]['image'].astype(int)
+  # The centre 24 x 24 of the upright photo (scaled to 36 x 24): blue at its left edge only.
+  assert stored[12, 1, 2] > 150 and stored[12, 1, 0] < 100 and stored[12, 22, 0] > 150

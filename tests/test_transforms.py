@@ -1,6 +1,8 @@
 """The paper's host-side transforms (alexnet_jax/data/transforms.py) against hand-computed
 values and the step-by-step reference of tests/reference.py."""
 
+import io
+
 import numpy as np
 import pytest
 
@@ -232,3 +234,44 @@ def test_centre_view_is_the_centre_crop_of_the_prepared_image():
   view, window = T.centre_view(image[:40, :40], 40)
   np.testing.assert_array_equal(view, image[:40, :40])
   np.testing.assert_array_equal(window, [0, 0, 0])
+
+
+# ---- hostile images ----------------------------------------------------------------------------
+
+
+def test_a_decompression_bomb_fails_at_its_header_in_bounded_memory():
+  """A PNG of a few hundred kilobytes that decodes to 40000 x 40000 (1.6 G pixels) and one
+  of 12000 x 12000 (8 bits, under Pillow's own limit): one of DECODE_ERRORS, saying why,
+  from a process whose memory stays that of Python and Pillow."""
+  import subprocess
+  import sys
+  script = ('from tests import helpers; from alexnet_jax.data import transforms\n'
+            'for size, bits in ((40000, 1), (12000, 8)):\n'
+            '  try:\n'
+            '    transforms.decode(helpers.bomb_png(size, size, bits), 256)\n'
+            '  except transforms.DECODE_ERRORS as e:\n'
+            '    print(type(e).__name__, e)\n'
+            # The peak of this process's own memory (ru_maxrss counts the forking parent's)
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+  result = subprocess.run([sys.executable, '-c', script], cwd=helpers.ROOT, capture_output=True,
+                          text=True, timeout=120, check=True)
+  lines = result.stdout.splitlines()
+  assert lines[0] == ('ImageTooLargeError it is 1,600,000,000 pixels, more than the 67,108,864 '
+                      'that are decoded; resize it first'), lines
+  assert lines[1].startswith('ImageTooLargeError it is 12000x12000 pixels'), lines
+  assert int(lines[2]) < 100 * 1024, lines  # KiB: 40 here; decoding the second one takes 176
+  assert 'DecompressionBombWarning' not in result.stderr
+
+
+def test_a_photo_with_an_exif_orientation_is_read_upright():
+  from PIL import Image
+  upright = Image.new('RGB', (60, 40), (200, 30, 30))
+  upright.paste((30, 30, 200), (0, 0, 30, 40))  # blue on the left
+  stored = helpers.rotated_jpeg(upright)
+  assert Image.open(io.BytesIO(stored)).size == (40, 60)  # the sensor's pixels, on their side
+  got = T.decode(stored, 0).astype(int)
+  assert got.shape == (40, 60, 3)
+  want = np.asarray(upright, int)
+  assert np.abs(got - want)[:, list(range(0, 25)) + list(range(35, 60))].max() <= 12
+  prepared = T.decode(stored, 36)  # shorter side 36: the centre of the upright photo
+  assert prepared.shape == (36, 36, 3) and prepared[18, 2, 2] > 150 and prepared[18, 33, 0] > 150

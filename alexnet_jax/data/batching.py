@@ -43,6 +43,8 @@ class Data:
   # (indices, ten_crop) -> (pixel_batch, labels) of eval examples: their centre views
   # (B, S, S, C), or their 10 crops (B, 10, S, S, C) with ten_crop.
   eval_read: Callable[[np.ndarray, bool], tuple[dict, np.ndarray]]
+  # Multiplies the normalised pixels on the device (C,): data.std=channel; None: 1.
+  scale: np.ndarray | None = None
 
   def eval_batches(self, global_batch: int, image_sharding, label_sharding,
                    ten_crop: bool = False):
@@ -126,7 +128,8 @@ class EpochOrder:
   def __init__(self, num_examples: int, global_batch: int, seed: int):
     if num_examples < global_batch:
       raise ConfigError(f'batch_size={global_batch} is larger than the '
-                        f'{num_examples} training examples.')
+                        f'{num_examples} training examples; set batch_size to at most '
+                        f'{num_examples} (and eval_batch_size to match).')
     self.num_examples, self.global_batch, self.seed = num_examples, global_batch, seed
     self.steps_per_epoch = num_examples // global_batch  # the remainder is dropped
     self._cached = (None, None)  # (epoch, permutation), replaced whole: threads read it

@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as official
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
+from alexnet_jax.data import storage
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import BadDataError
 
@@ -189,7 +190,9 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   training split are left out (up to `max_bad_records`); any in another split is an error."""
 
   name = 'prepared_images'
-  VERSION = tfds.core.Version('1.0.0')
+  # 1.1.0: photos with an EXIF orientation stored upright; images over
+  # transforms.MAX_IMAGE_PIXELS left out as undecodable.
+  VERSION = tfds.core.Version('1.1.0')
 
   def __init__(self, *, source, size: int, quality: int, max_bad_records: int = 100,
                train_split: str = 'train', **kwargs):
@@ -223,7 +226,8 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {split: self._generate_examples(split) for split in self._source.info.splits}
 
   def _generate_examples(self, split):
-    source = self._source.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+    source = storage.ReadableSource(self._source.as_data_source(
+        split, decoders={'image': tfds.decode.SkipDecoding()}), self._source.data_dir)
     channels = self._source.info.features['image'].shape[-1] or 3
     for i in range(len(source)):
       example = source[i]

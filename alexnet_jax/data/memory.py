@@ -66,7 +66,7 @@ def load_splits(config) -> tuple[Split, Split, tuple[str, ...]]:
     return train, evals, tuple(str(i) for i in range(d.num_classes))
   builder = sources.process_zero_first(
       lambda: sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder,
-                                    (d.train_split, d.eval_split)))
+                                  (d.train_split, d.eval_split), config.allow_no_file_locks))
   train = Split(*sources.load_arrays(builder, d.train_split))
   evals = Split(*sources.load_arrays(builder, d.eval_split))
   return train, evals, sources.class_names(builder)
@@ -93,7 +93,12 @@ def load(config) -> batching.Data:
       images = transforms.ten_crop(padded, images.shape[1])
     return pixels.pixel_batch(images), evals.labels[indices]
 
+  scale = None
+  if d.std == 'channel':
+    stats = statistics.as_dict()
+    scale = transforms.scale_to_unit_std(
+        transforms.std_around(stats['mean'], stats['mean_square'], d.mean))
   return batching.Data(
-      info=info, mean=transforms.mean_to_subtract(statistics.mean(), d.mean),
+      info=info, mean=transforms.mean_to_subtract(statistics.mean(), d.mean), scale=scale,
       loader=MemoryLoader(train, config.batch_size, config.seed, pad=pad, flip=d.flip),
       eval_read=eval_read)

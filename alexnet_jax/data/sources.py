@@ -18,16 +18,14 @@ neither TensorFlow nor the network. tfds is imported only when a function here n
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import logging
 import pathlib
 import struct
-import sys
 
 import numpy as np
 
+from alexnet_jax.data import storage
 from alexnet_jax.errors import BadDataError, ConfigError, DatasetNotFoundError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -81,63 +79,55 @@ def find_fashion_mnist_files(manual_dir: str | None) -> pathlib.Path:
       f'{", ".join(str(c) for c in candidates)}.')
 
 
-def _prepare(builder, what: str, **kwargs):
-  """`builder`, prepared into its data_dir if it is not yet. tfds prints "Downloading and
-  preparing dataset Unknown size ..." to stdout for a build that downloads nothing (a local
-  folder): that print is swallowed, and this says what is stored where, once. tfds's progress
-  bars are shown on a terminal only: in a log file they are lines of escape codes."""
-  if not builder.is_prepared():
-    import tensorflow_datasets as tfds
-    logging.info('Storing %s as a tfds dataset in %s (once; later runs read it from there).',
-                 what, builder.data_dir)
-    tfds.display_progress_bar(sys.stderr.isatty())
-    with contextlib.redirect_stdout(io.StringIO()):
-      builder.download_and_prepare(**kwargs)
-    logging.info('Stored %s: %s.', what, builder.info.dataset_size)
-  return builder
-
-
-def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None):
+def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None,
+                          allow_no_locks: bool = False):
   """A prepared tfds builder for Fashion-MNIST, building it from idx files if needed."""
   import tensorflow_datasets as tfds
 
   official = _construct(tfds.builder, 'fashion_mnist', data_dir=data_dir)
   if official.is_prepared():
+    storage.check(official)
     return official
   from alexnet_jax.data import builders
   source = find_fashion_mnist_files(manual_dir)
   counts = idx_counts(source)
   name = 'full' if counts == {'train': 60_000, 'test': 10_000} else (
       f'subset{counts["train"]}x{counts["test"]}')
-  builder = _construct(builders.FashionMnistIdx, data_dir=data_dir,
-                       config=tfds.core.BuilderConfig(name=name), file_format='array_record')
-  return _prepare(builder, f'Fashion-MNIST from {source}',
-                  download_config=tfds.download.DownloadConfig(manual_dir=str(source)))
+  make = lambda: _construct(builders.FashionMnistIdx, data_dir=data_dir,
+                            config=tfds.core.BuilderConfig(name=name), file_format='array_record')
+  return storage.ready(make, f'Fashion-MNIST from {source}', allow_no_locks,
+                       download_config=tfds.download.DownloadConfig(manual_dir=str(source)))
 
 
-def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None):
+def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None,
+                         allow_no_locks: bool = False):
   """The prepared tfds imagenet2012 (train and validation, array_record) in `data_dir`,
   built without TensorFlow from ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
-  `manual_dir` if it is not prepared yet. The JPEGs are stored as they are in the tars."""
+  `manual_dir` if it is not prepared yet (or is damaged). The JPEGs are stored as they are
+  in the tars."""
   import tensorflow_datasets as tfds
 
   official = _construct(tfds.builder, 'imagenet2012', data_dir=data_dir)
-  if official.is_prepared():
-    return official
   where = pathlib.Path(manual_dir).expanduser() if manual_dir else None
-  if where is None or not all((where / n).is_file() for n in IMAGENET_TARS):
+  tars = where is not None and all((where / n).is_file() for n in IMAGENET_TARS)
+  if official.is_prepared() and not tars:
+    storage.check(official)  # nothing to rebuild it from
+    return official
+  if not tars:
     raise DatasetNotFoundError(
         f'ImageNet not found: put {IMAGENET_TARS[0]} and {IMAGENET_TARS[1]} (from '
         f'image-net.org) in data.manual_dir ({where or "not set"}), or a prepared tfds '
         f'imagenet2012 in data.data_dir ({official.data_dir}).')
   from alexnet_jax.data import builders
-  builder = _construct(builders.Imagenet2012NoTF, data_dir=data_dir, file_format='array_record')
-  _prepare(builder, f'imagenet2012 from {where}',
-           download_config=tfds.download.DownloadConfig(manual_dir=str(where)))
+  make = lambda: _construct(builders.Imagenet2012NoTF, data_dir=data_dir,
+                            file_format='array_record')
+  storage.ready(make, f'imagenet2012 from {where}', allow_no_locks,
+                download_config=tfds.download.DownloadConfig(manual_dir=str(where)))
   return _construct(tfds.builder, 'imagenet2012', data_dir=data_dir)
 
 
-def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...] = ()):
+def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...] = (),
+                         allow_no_locks: bool = False):
   """The prepared tfds dataset of a folder <root>/<split>/<class>/<image> (splits such as
   train/ and test/), built into `data_dir` on first use. `splits` (train first) must be
   there; a class with images in another split but none in the first is warned about."""
@@ -147,8 +137,9 @@ def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...
         f'Image folder {path} not found: put the images in {path}/<split>/<class>/ '
         '(e.g. train/cat/1.jpg, test/cat/2.jpg) and set data.folder to it.')
   from alexnet_jax.data import builders
-  builder = _construct(builders.ImageFolderNoTF, root=str(path), data_dir=data_dir,
-                       file_format='array_record')
+  make = lambda: _construct(builders.ImageFolderNoTF, root=str(path), data_dir=data_dir,
+                            file_format='array_record')
+  builder = make()
   missing = [s for s in splits if s not in builder.splits]
   if not builder.splits or missing:
     raise DatasetNotFoundError(
@@ -163,12 +154,12 @@ def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...
                         if files and c not in trained):
         logging.warning('Class %r has images in %s/%s/ but none in %s/%s/: the network '
                         'cannot learn it.', cls, path, split, path, splits[0])
-  return _prepare(builder, f'the image folder {path}')
+  return storage.ready(make, f'the image folder {path}', allow_no_locks)
 
 
 def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
                     quality: int = 95, max_bad_records: int = 100,
-                    train_split: str = 'train'):
+                    train_split: str = 'train', allow_no_locks: bool = False):
   """The paper's stored images ("optionally prepared once and stored"): every split of the
   prepared `source_builder` with images resized so that the shorter side is `size` and
   centre-cropped to size x size, JPEG-encoded, as a tfds array_record dataset in
@@ -177,10 +168,10 @@ def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
   `max_bad_records` (-1: any), past which the preparation stops; one in any other split
   stops it at once, naming the file: leaving it out would change what evaluation reports."""
   from alexnet_jax.data import builders
-  builder = _construct(builders.PreparedImages, source=source_builder, size=size,
-                       quality=quality, data_dir=data_dir, file_format='array_record',
-                       max_bad_records=max_bad_records, train_split=train_split)
-  _prepare(builder, f'{source_builder.name} at {size}x{size}')
+  make = lambda: _construct(builders.PreparedImages, source=source_builder, size=size,
+                            quality=quality, data_dir=data_dir, file_format='array_record',
+                            max_bad_records=max_bad_records, train_split=train_split)
+  builder = storage.ready(make, f'{source_builder.name} at {size}x{size}', allow_no_locks)
   for split, info in source_builder.info.splits.items():
     stored = builder.info.splits[split].num_examples if split in builder.info.splits else 0
     if split != train_split and stored != info.num_examples:
@@ -204,20 +195,22 @@ def process_zero_first(make):
 
 
 def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
-                folder: str | None = None, splits: tuple[str, ...] = ()):
+                folder: str | None = None, splits: tuple[str, ...] = (),
+                allow_no_locks: bool = False):
   """The prepared tfds builder of a dataset name (module docstring); `splits` (train first)
-  are checked where that is cheap (image folders)."""
+  are checked where that is cheap (image folders). Datasets built here are built by one
+  process at a time and checked before use (`storage`)."""
   import tensorflow_datasets as tfds
 
   if name == 'fashion_mnist':
-    return fashion_mnist_builder(data_dir, manual_dir)
+    return fashion_mnist_builder(data_dir, manual_dir, allow_no_locks)
   if name == 'imagenet2012':
-    return prepare_imagenet2012(data_dir, manual_dir)
+    return prepare_imagenet2012(data_dir, manual_dir, allow_no_locks)
   if name == 'image_folder':
     if not folder:
       raise ConfigError('dataset=image_folder needs data.folder, a folder of '
                         '<split>/<class>/<image> files.')
-    return image_folder_builder(folder, data_dir, splits)
+    return image_folder_builder(folder, data_dir, splits, allow_no_locks)
   try:
     builder = _construct(tfds.builder, name, data_dir=data_dir)
   except Exception as e:  # unknown name: tfds lists close matches
@@ -227,6 +220,7 @@ def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
     where = (f'put its manual-download files in data.manual_dir ({manual_dir or "not set"})'
              if instructions else f'prepare it with `tfds build {name} --data_dir=...`')
     raise DatasetNotFoundError(f'Dataset {name} is not prepared in {builder.data_dir}: {where}.')
+  storage.check(builder)
   return builder
 
 
@@ -243,8 +237,10 @@ def split_source(builder, split: str, decode_images: bool = False):
                       f'{builder.info.file_format.value}, which needs TensorFlow to read; '
                       f'rebuild it with `tfds build {builder.name} --file_format=array_record`.')
   if decode_images:
-    return builder.as_data_source(split)
-  return builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()})
+    return storage.ReadableSource(builder.as_data_source(split), builder.data_dir)
+  return storage.ReadableSource(
+      builder.as_data_source(split, decoders={'image': tfds.decode.SkipDecoding()}),
+      builder.data_dir)
 
 
 def load_arrays(builder, split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -217,8 +217,9 @@ def pixel_statistics(source, prepared_size: int = transforms.PREPARED_SIZE,
 
 
 def needs_statistics(d) -> bool:
-  """Whether `config.data` subtracts a mean or takes the PCA from the training set."""
-  return d.mean != 'none' or bool(d.pca_sigma and d.pca == 'statistics')
+  """Whether `config.data` subtracts a mean, divides by a standard deviation or takes the
+  PCA from the training set."""
+  return d.mean != 'none' or d.std != 'none' or bool(d.pca_sigma and d.pca == 'statistics')
 
 
 def _statistics(config, source) -> dict:
@@ -233,6 +234,10 @@ def _statistics(config, source) -> dict:
     if d.mean == 'pixel' and d.prepared_size and stats['mean'].shape != want:
       raise ConfigError(f'data.statistics={d.statistics} has a mean image of shape '
                         f'{stats["mean"].shape}, not {want} (data.prepared_size).')
+    if d.std != 'none' and 'mean_square' not in stats:
+      raise ConfigError(f'data.statistics={d.statistics} has no mean_square for data.std='
+                        f'{d.std} (an older file); write it again with '
+                        '`python -m scripts.compute_pixel_statistics`.')
     return stats
   limit = d.statistics_examples or None
   logging.info('Computing the training set\'s pixel statistics over %d images.',
@@ -247,11 +252,12 @@ def training_builder(config):
 
   def make():
     builder = sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder,
-                                    (d.train_split, d.eval_split))
+                                  (d.train_split, d.eval_split), config.allow_no_file_locks)
     if d.prepare_once and d.prepared_size:
       builder = sources.prepare_resized(builder, d.data_dir, d.prepared_size,
                                         max_bad_records=d.max_bad_records,
-                                        train_split=d.train_split)
+                                        train_split=d.train_split,
+                                        allow_no_locks=config.allow_no_file_locks)
     return builder
 
   return sources.process_zero_first(make)
@@ -267,6 +273,10 @@ def load(config) -> batching.Data:
   mean = np.zeros((d.channels,), np.float32)
   if d.mean != 'none':
     mean = transforms.mean_to_subtract(stats['mean'], d.mean)
+  scale = None
+  if d.std == 'channel':
+    scale = transforms.scale_to_unit_std(
+        transforms.std_around(stats['mean'], stats['mean_square'], d.mean))
   eigval, eigvec = transforms.IMAGENET_EIGVAL, transforms.IMAGENET_EIGVEC
   if d.pca == 'statistics' and d.pca_sigma:
     eigval, eigvec = stats['eigval'], stats['eigvec']
@@ -278,7 +288,7 @@ def load(config) -> batching.Data:
                            channels=d.channels, num_train=len(train_source),
                            num_eval=len(eval_source), class_names=names)
   return batching.Data(
-      info=info, mean=mean,
+      info=info, mean=mean, scale=scale,
       loader=StreamLoader(train_source, config.batch_size, config.seed, augment,
                           d.threads, d.processes, d.max_bad_records),
       eval_read=eval_reader(eval_source, augment))

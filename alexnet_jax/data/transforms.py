@@ -19,6 +19,7 @@ constants are on the 0-1 scale and are multiplied by `PIXEL_SCALE` (255) when ap
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -30,8 +31,24 @@ IMAGENET_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
                             [-0.5808, -0.0045, -0.8140],
                             [-0.5836, -0.6948, 0.4203]], np.float64)
 PIXEL_SCALE = 255.0
-# What Pillow raises on data it cannot decode (broken, truncated, not an image).
-DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+# The most pixels an image may have to be decoded: an 8192 x 8192 photo (192 MiB in RGB). A
+# "decompression bomb" (a PNG of a few kilobytes that says it is 40000 x 40000) fails at its
+# header, before any memory is taken for it.
+MAX_IMAGE_PIXELS = 1 << 26
+
+
+class ImageTooLargeError(ValueError):
+  """An image with more than MAX_IMAGE_PIXELS pixels."""
+
+
+def _decode_errors():
+  from PIL import Image
+  return (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+# What Pillow raises on data it cannot decode (broken, truncated, not an image, too large).
+DECODE_ERRORS = _decode_errors()
+EXIF_ORIENTATION = 0x0112
 
 
 def record_name(record) -> str:
@@ -49,12 +66,48 @@ CROP_SIZE = 224  # the network's input
 # ---- preparation (once per image, uint8) -----------------------------------------
 
 
+_QUIET = []
+
+
+def _quiet_pillow_bomb_warning() -> None:
+  """Pillow warns on images over 89 million pixels at open; MAX_IMAGE_PIXELS is lower, so
+  such an image fails here in one sentence anyway (the filter is set once, at first use)."""
+  if not _QUIET:
+    import warnings
+    from PIL import Image
+    warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
+    _QUIET.append(True)
+
+
+def open_image(image, max_pixels: int = MAX_IMAGE_PIXELS):
+  """Encoded image bytes or an image file's path as a loaded PIL image, upright: an EXIF
+  orientation (a photo taken with the camera turned) is applied, as every photo viewer
+  shows it. Raises one of DECODE_ERRORS on data Pillow cannot read, and ImageTooLargeError,
+  from the header alone, on more than `max_pixels` pixels."""
+  from PIL import Image, ImageOps
+  _quiet_pillow_bomb_warning()
+  source = io.BytesIO(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
+  try:
+    pil = Image.open(source)
+  except Image.DecompressionBombError as e:  # Pillow's own limit, higher than ours
+    n = re.search(r'\((\d+) pixels\)', str(e))
+    raise ImageTooLargeError(f'it is {int(n.group(1)) if n else "over 178 million":,} pixels, '
+                             f'more than the {max_pixels:,} that are decoded; resize it '
+                             'first') from None
+  w, h = pil.size
+  if w * h > max_pixels:
+    raise ImageTooLargeError(f'it is {w}x{h} pixels, more than the {max_pixels:,} that are '
+                             'decoded; resize it first')
+  pil.load()
+  if pil.getexif().get(EXIF_ORIENTATION, 1) != 1:
+    pil = ImageOps.exif_transpose(pil)
+  return pil
+
+
 def _to_pil(image):
   from PIL import Image
   if isinstance(image, (bytes, bytearray, memoryview)):
-    pil = Image.open(io.BytesIO(image))
-    pil.load()
-    return pil
+    return open_image(image)
   if isinstance(image, Image.Image):
     return image
   array = np.asarray(image, np.uint8)
@@ -221,7 +274,7 @@ class PixelStatistics:
 
   def __init__(self, pca: bool = True):
     """`pca`: also accumulate the RGB covariance (for `pca`; RGB images only)."""
-    self.total = self.moments = None
+    self.total = self.moments = self.squares = None
     self.count = 0
     self.with_pca = pca
 
@@ -233,7 +286,11 @@ class PixelStatistics:
       channels = images.shape[-1]
       self.total = np.zeros(images.shape[1:], np.float64)
       self.moments = np.zeros((channels, channels), np.float64)
+      self.squares = np.zeros((channels,), np.float64)
     self.total += images.sum(axis=0, dtype=np.float64)
+    for start in range(0, len(images), self.CHUNK):  # sum of x^2 per channel, exact in float64
+      chunk = images[start:start + self.CHUNK].reshape(-1, images.shape[-1]).astype(np.float64)
+      self.squares += np.einsum('pc,pc->c', chunk, chunk)
     if self.with_pca and images.shape[-1] == 3:
       for start in range(0, len(images), self.CHUNK):
         pixels = images[start:start + self.CHUNK].reshape(-1, 3).astype(np.float64)
@@ -263,13 +320,34 @@ class PixelStatistics:
 
   def as_dict(self) -> dict:
     """What scripts/compute_pixel_statistics.py writes and data.statistics reads: mean
-    (float32), count and, for RGB, eigval and eigvec."""
-    out = {'mean': self.mean().astype(np.float32), 'count': self.count}
+    (float32), count, the per-channel mean square (for `std_around`) and, for RGB, eigval
+    and eigvec."""
+    pixels = self.count * self.total.shape[0] * self.total.shape[1]
+    out = {'mean': self.mean().astype(np.float32), 'count': self.count,
+           'mean_square': self.squares / pixels}
     if self.with_pca and self.total.shape[-1] == 3:
       out['eigval'], out['eigvec'] = self.pca()
     return out
 
 
+def std_around(mean_image: np.ndarray, mean_square: np.ndarray, mode: str) -> np.ndarray:
+  """The training set's standard deviation per channel (C,) around the mean that `mode`
+  subtracts (`mean_to_subtract`), from its mean image (H, W, C) and its mean square per
+  channel E[x^2]: E[x^2] - E_pixels[mu_p^2] for 'pixel', E[x^2] - E[x]^2 for 'channel',
+  sqrt(E[x^2]) for 'none'."""
+  mu = np.asarray(mean_image, np.float64).reshape(-1, np.shape(mean_image)[-1])
+  subtracted = {'pixel': (mu ** 2).mean(axis=0), 'channel': mu.mean(axis=0) ** 2,
+                'none': 0.0}[mode]
+  return np.sqrt(np.maximum(np.asarray(mean_square, np.float64) - subtracted, 0.0))
+
+
+def scale_to_unit_std(std: np.ndarray) -> np.ndarray:
+  """What the device multiplies the centred pixels by for data.std=channel: 1 / std, with
+  std at least one level of 255 (a folder of flat images has almost none)."""
+  return (1.0 / np.maximum(np.asarray(std, np.float64), 1.0)).astype(np.float32)
+
+
+STD_MODES = ('none', 'channel')
 MEAN_MODES = ('pixel', 'channel', 'none')
 
 
