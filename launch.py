@@ -221,13 +221,19 @@ class _QuietLibraries(py_logging.Filter):
 
 
 def _unraisable_hook(default):
-  """sys.unraisablehook without the "Event loop is closed" RuntimeErrors that tensorstore
-  reports when the pending writes of a failed asynchronous orbax save finish after orbax
-  has closed the save's event loop: the run reports the failed save in its one line."""
+  """sys.unraisablehook without two echoes of a failure the run reports itself: the "Event
+  loop is closed" RuntimeErrors that tensorstore raises when the pending writes of a failed
+  asynchronous orbax save finish after orbax closed the save's event loop (the run reports
+  the failed save in its one line), and the errors of orbax's other array reads of a
+  checkpoint that failed to restore, whose coroutines are dropped once the first one fails
+  (the run reports the checkpoint: skipped as damaged, or in its one line)."""
 
   def hook(unraisable):
     if (isinstance(unraisable.exc_value, RuntimeError)
         and str(unraisable.exc_value) == 'Event loop is closed'):
+      return
+    code = getattr(unraisable.object, 'cr_code', None)
+    if code is not None and '/orbax/' in code.co_filename:
       return
     default(unraisable)
 

@@ -19,14 +19,29 @@ flags.FLAGS.mark_as_parsed()
 PR_SET_CHILD_SUBREAPER = 36
 
 
+_OWN_CACHE = []
+
+
 def pytest_configure(config):
   del config
+  import tempfile
+  from tests import helpers
+  if helpers.SHARED_XLA_CACHE not in os.environ:  # launch.py runs share one XLA cache
+    _OWN_CACHE.append(tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_'))
+    os.environ[helpers.SHARED_XLA_CACHE] = _OWN_CACHE[0]
   # Orphaned grandchildren (a launch.py's worker processes) are re-parented to this process,
   # so that the check below sees them too.
   try:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
   except (OSError, AttributeError):
     pass
+
+
+def pytest_unconfigure(config):
+  del config
+  import shutil
+  for path in _OWN_CACHE:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _children() -> dict[int, str]:

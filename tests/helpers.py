@@ -32,6 +32,10 @@ SMALL_MODEL = ['--config.data.image_size=32', '--config.data.num_classes=10',
 
 # ---- running launch.py ---------------------------------------------------------------------
 
+# A persistent XLA cache that every launch of the session shares unless it names its own
+# (conftest.py sets it): the same small networks compile once for all the test modules.
+SHARED_XLA_CACHE = 'ALEXNET_JAX_TEST_XLA_CACHE'
+
 
 def launch(workdir, *overrides, config='configs/synthetic.py', devices=1, faults='',
            xla_cache=None, background=False, timeout=600, env=None):
@@ -40,6 +44,7 @@ def launch(workdir, *overrides, config='configs/synthetic.py', devices=1, faults
   reruns load their executables instead of compiling again. `env`: more variables."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', **(env or {}))
+  xla_cache = xla_cache or os.environ.get(SHARED_XLA_CACHE)
   if xla_cache is not None:
     env.update(JAX_COMPILATION_CACHE_DIR=str(xla_cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
