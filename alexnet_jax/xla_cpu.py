@@ -1,9 +1,16 @@
 """XLA:CPU settings a process applies where it starts, before JAX creates its CPU client.
 
-* Convolutions on Eigen. jaxlib 0.10's XLA:CPU sends convolutions to YNNPACK fusions by
-  default, whose kernel-gradient convolutions are several times slower than Eigen's on CPU
-  (measured: conv2's kernel gradient 661 ms vs 89 ms). An empty fusion list keeps them on
-  Eigen.
+* YNNPACK for reductions only. jaxlib 0.10's XLA:CPU sends convolutions to YNNPACK fusions
+  by default, whose kernel-gradient convolutions are several times slower than Eigen's on
+  CPU (measured: conv2's kernel gradient 661 ms vs 89 ms), so the list names only `reduce`.
+  With no YNNPACK at all (the list empty, as until 2026-12-03) the reductions of the
+  backward pass ran on XLA's own loops: fc6's backward took 116 ms against PyTorch's 36,
+  and the train step at batch 32 912 ms; with `reduce`, 35 ms and 743 ms (`dot` 820 ms,
+  `dot,reduce` 771 ms, measured interleaved in one process through compiler_options on a
+  2-core Xeon: docs/performance.md).
+* Checked names. An XLA_FLAGS name or value that the installed jaxlib does not know aborts
+  the process when the backend starts, so a flag is added only where the jaxlib's library
+  holds its name and value (another jaxlib, such as the GPU image's 0.11, may lack them).
 * tcmalloc. XLA:CPU allocates and frees a step's temporaries (about 500 MB for AlexNet at
   batch 32) on every step; glibc's malloc hands such blocks back to the kernel each time,
   and the step then spends 20-30% of its time in page faults (130,000 per step measured).
@@ -20,7 +27,12 @@ import os
 import sys
 
 FLAGS = {
-    'xla_cpu_experimental_ynn_fusion_type': '',
+    'xla_cpu_experimental_ynn_fusion_type': 'reduce',
+}
+# What the jaxlib binary must contain for each flag to be set: its name and its value's enum.
+FLAG_EVIDENCE = {
+    'xla_cpu_experimental_ynn_fusion_type': (b'xla_cpu_experimental_ynn_fusion_type',
+                                             b'LIBRARY_FUSION_TYPE_REDUCE'),
 }
 TCMALLOC = 'libtcmalloc_minimal.so.4'
 TCMALLOC_DIRS = ('/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib64',
@@ -28,11 +40,36 @@ TCMALLOC_DIRS = ('/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/us
 MALLOC_ENV = 'ALEXNET_JAX_MALLOC'
 
 
+def _jaxlib_libraries() -> list[str]:
+  import importlib.util
+  spec = importlib.util.find_spec('jaxlib')
+  if spec is None or not spec.submodule_search_locations:
+    return []
+  root = list(spec.submodule_search_locations)[0]
+  return sorted((os.path.join(root, n) for n in os.listdir(root) if n.endswith('.so')),
+                key=os.path.getsize, reverse=True)
+
+
+def known_to_jaxlib(needles: tuple[bytes, ...]) -> bool:
+  """Whether one of the installed jaxlib's libraries holds every byte string of `needles`
+  (without importing it: XLA reads XLA_FLAGS when JAX starts)."""
+  import mmap
+  for path in _jaxlib_libraries():
+    try:
+      with open(path, 'rb') as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if all(m.find(n) >= 0 for n in needles):
+          return True
+    except (OSError, ValueError):
+      continue
+  return False
+
+
 def configure(environ=os.environ) -> None:
-  """Adds the flags above to XLA_FLAGS unless the user set them."""
+  """Adds the flags above to XLA_FLAGS unless the user set them, and only those that the
+  installed jaxlib knows."""
   flags = environ.get('XLA_FLAGS', '')
   for name, value in FLAGS.items():
-    if name not in flags:
+    if name not in flags and known_to_jaxlib(FLAG_EVIDENCE[name]):
       flags = f'{flags} --{name}={value}'
   environ['XLA_FLAGS'] = flags.strip()
 

@@ -15,10 +15,20 @@ PROBE = ('from alexnet_jax import xla_cpu; xla_cpu.preload_tcmalloc(); import os
 def test_flags_are_added_and_the_users_win():
   env = {}
   xla_cpu.configure(env)
-  assert '--xla_cpu_experimental_ynn_fusion_type=' in env['XLA_FLAGS'].split()
+  assert '--xla_cpu_experimental_ynn_fusion_type=reduce' in env['XLA_FLAGS'].split()
   env = {'XLA_FLAGS': '--xla_cpu_experimental_ynn_fusion_type=dot --foo=1'}
   xla_cpu.configure(env)
   assert env['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=dot --foo=1'
+
+
+def test_a_flag_the_installed_jaxlib_does_not_know_is_not_set(monkeypatch):
+  """An unknown XLA_FLAGS name aborts the process when JAX starts: such a flag is left out."""
+  monkeypatch.setitem(xla_cpu.FLAG_EVIDENCE, 'xla_cpu_experimental_ynn_fusion_type',
+                      (b'xla_cpu_no_such_flag_in_any_jaxlib',))
+  env = {}
+  xla_cpu.configure(env)
+  assert env['XLA_FLAGS'] == ''
+  assert xla_cpu.known_to_jaxlib((b'xla_cpu_experimental_ynn_fusion_type',))
 
 
 def probe(**env):
