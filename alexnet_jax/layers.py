@@ -93,7 +93,8 @@ _lrn.defvjp(_lrn_fwd, _lrn_bwd)
 
 
 def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5,
-                        alpha: float = 1e-4, beta: float = 0.75) -> jax.Array:
+                        alpha: float = 1e-4, beta: float = 0.75,
+                        backward: str = 'custom') -> jax.Array:
   """Section 3.3 LRN across the channels of one tower.
 
   Convention: alpha is divided by n, as in cuda-convnet(2), Caffe and PyTorch's
@@ -107,6 +108,10 @@ def local_response_norm(x: jax.Array, k: float = 2.0, n: int = 5,
   if n % 2 == 0:
     raise ConfigError(f'LRN size n={n} must be odd (a window centred on each channel).')
   acc = jnp.promote_types(x.dtype, jnp.float32)  # bfloat16 inputs: accumulate in float32
+  if backward == 'autodiff':  # the same forward, differentiated by JAX (implementations.py)
+    y = x.astype(acc) * _lrn_parts(x.astype(acc), float(k), int(n), float(alpha),
+                                   float(beta))[1]
+    return y.astype(x.dtype)
   return _lrn(x.astype(acc), float(k), int(n), float(alpha), float(beta)).astype(x.dtype)
 
 
@@ -173,9 +178,42 @@ def _max_pool_bwd(window, stride, residuals, g):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2) -> jax.Array:
-  """Overlapping max pooling (section 3.4), VALID as in cuda-convnet, NHWC."""
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2,
+             backward: str = 'custom') -> jax.Array:
+  """Overlapping max pooling (section 3.4), VALID as in cuda-convnet, NHWC. `backward`:
+  'custom' (above) or 'xla' (reduce_window differentiated by XLA: select-and-scatter)."""
+  if backward == 'xla':
+    return _pool_forward(x, int(window), int(stride))
   return _max_pool(x, int(window), int(stride))
+
+
+def pad_channels(x: jax.Array, kernel: jax.Array, channels: int):
+  """The image and conv1's kernel with zero input channels up to `channels` (3 -> 4 for
+  tensor cores): the added channel multiplies zeros, so the sums are unchanged."""
+  extra = channels - x.shape[-1]
+  if extra <= 0:
+    return x, kernel
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)])
+  kernel = jnp.pad(kernel, [(0, 0), (0, 0), (0, extra), (0, 0)])
+  return x, kernel
+
+
+def grouped_conv(xs: list[jax.Array], kernels: jax.Array, biases: jax.Array,
+                 padding=None) -> list[jax.Array]:
+  """The towers' stride-1 convolutions (tower t: xs[t] with kernels[t]) as one convolution
+  with feature_group_count = towers: inputs side by side on the channel axis, kernels on
+  the output axis, the output split back per tower."""
+  towers = len(xs)
+  x = jnp.concatenate(xs, axis=-1)
+  kernel = jnp.concatenate(list(kernels), axis=-1)  # (k, k, C, T * F)
+  if padding is None:
+    p = kernel.shape[0] // 2
+    padding = ((p, p), (p, p))
+  y = jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), (1, 1), padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+      feature_group_count=towers)
+  y = y + jnp.concatenate(list(biases), axis=-1).astype(x.dtype)
+  return jnp.split(y, towers, axis=-1)
 
 
 def dropout_masks(key: jax.Array, example_ids: jax.Array, layer: int,

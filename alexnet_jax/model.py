@@ -2,9 +2,10 @@
 
 Parameters are a dict of arrays. Every tower-split layer stores its kernels on a
 leading *tower axis* (`kernel[t]` is tower t's kernel), so a mesh axis can shard
-the towers; each tower is computed with its own convolution / matmul (never a
-grouped convolution: XLA's backward pass for `feature_group_count` is slow,
-jax-ml/jax#13800).
+the towers; each tower is computed with its own convolution / matmul on CPU (XLA's
+backward pass for `feature_group_count` is slow there, jax-ml/jax#13800), or as one
+grouped convolution where `tower_conv` says so (implementations.py: forms chosen per
+backend by measurement).
 
 `apply` is written for the *local* towers of one device. Where the paper joins
 the towers (section 3.5, Fig. 2: conv3, fc6, fc7 and fc8 see both towers), it
@@ -36,8 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import implementations
 from alexnet_jax.errors import ConfigError
-from alexnet_jax.layers import (conv, dropout_masks, local_response_norm, max_pool,  # noqa: F401
+from alexnet_jax.layers import (conv, dropout_masks, grouped_conv,  # noqa: F401
+                                local_response_norm, max_pool, pad_channels,
                                 space_to_depth_conv)
 
 Params = dict[str, dict[str, jax.Array]]
@@ -80,6 +83,12 @@ class AlexNetSpec:
   # init_std to train, and with it N(0, init_std) logits start far from chance.
   head_init_std: float = -1.0
   init_bias_one: bool = True
+  # How layers are computed (implementations.py): forms with the same sums, 'auto' by backend.
+  conv1_impl: str = 'auto'
+  conv1_input: str = 'auto'
+  pool_backward: str = 'auto'
+  tower_conv: str = 'auto'
+  lrn_impl: str = 'auto'
 
   @classmethod
   def from_config(cls, model_config, num_classes: int, image_size: int,
@@ -207,6 +216,9 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
   """
   x = images.astype(compute_dtype)
   local_t = params['conv1']['kernel'].shape[0]
+  form = {name: implementations.choose(name, getattr(spec, field)) for name, field in (
+      ('conv1', 'conv1_impl'), ('conv1_input', 'conv1_input'),
+      ('pool_backward', 'pool_backward'), ('tower_conv', 'tower_conv'), ('lrn', 'lrn_impl'))}
 
   def tower_ids(axis, n_local):
     first = 0 if axis is None else jax.lax.axis_index(axis) * n_local
@@ -214,6 +226,8 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
 
   def conv_tower(name, xs, stride=1, padding=None):
     p = params[name]
+    if form['tower_conv'] == 'grouped' and len(xs) > 1 and stride == 1:
+      return [jax.nn.relu(y) for y in grouped_conv(xs, p['kernel'], p['bias'], padding)]
     return [jax.nn.relu(conv(xi, p['kernel'][t], p['bias'][t], stride, padding))
             for t, xi in enumerate(xs)]
 
@@ -224,15 +238,19 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
     p = params[name]
     kernel = jnp.concatenate(list(p['kernel']), axis=-1)
     bias = jnp.concatenate(list(p['bias']), axis=-1)
-    apply_conv = space_to_depth_conv if stride > 1 else conv
+    if name == 'conv1' and form['conv1_input'] == 'pad4':
+      xi, kernel = pad_channels(xi, kernel, 4)
+    space_to_depth = stride > 1 and form['conv1'] == 'space_to_depth'
+    apply_conv = space_to_depth_conv if space_to_depth else conv
     y = jax.nn.relu(apply_conv(xi, kernel, bias, stride, padding))
     return jnp.split(y, local_t, axis=-1)
 
   def norm_pool(xs, lrn):
     if lrn and spec.lrn:
-      xs = [local_response_norm(xi, spec.lrn_k, spec.lrn_n, spec.lrn_alpha, spec.lrn_beta)
+      xs = [local_response_norm(xi, spec.lrn_k, spec.lrn_n, spec.lrn_alpha, spec.lrn_beta,
+                                backward=form['lrn']) for xi in xs]
+    return [max_pool(xi, spec.pool_window, spec.pool_stride, backward=form['pool_backward'])
             for xi in xs]
-    return [max_pool(xi, spec.pool_window, spec.pool_stride) for xi in xs]
 
   # conv1, conv2: each tower sees the image, then only itself.
   xs = conv_shared_input('conv1', x, spec.conv1_stride, spec.conv1_pads())

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from alexnet_jax import checkpointing
+from alexnet_jax import implementations
 from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import sharding
@@ -34,7 +35,8 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NONFINITE = ('stop', 'skip')
 SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
 # Fields a resumed run may change without a warning (placement, length, loader speed).
-NOT_COMPARED = ('mesh.', 'parallelism', 'distributed.', 'num_epochs', 'num_train_steps',
+NOT_COMPARED = ('mesh.', 'parallelism', 'model.conv1_impl', 'model.conv1_input',
+                'model.pool_backward', 'model.tower_conv', 'model.lrn_impl', 'distributed.', 'num_epochs', 'num_train_steps',
                 'min_train_steps', 'peak_flops_per_device', 'start_fresh_if_damaged',
                 'allow_no_file_locks',
                 'profile.', 'data.threads', 'data.processes', 'data.prefetch', 'data.max_bad_records')
@@ -158,6 +160,10 @@ def _validate_training(config) -> None:
   _require(config.data.max_bad_records >= -1,
            f'data.max_bad_records={config.data.max_bad_records} must be -1 (any) or more.')
   _one_of('model.dtype', config.model.dtype, DTYPES)
+  for switch, field in (('conv1', 'conv1_impl'), ('conv1_input', 'conv1_input'),
+                        ('pool_backward', 'pool_backward'), ('tower_conv', 'tower_conv'),
+                        ('lrn', 'lrn_impl')):
+    _one_of(f'model.{field}', config.model[field], ('auto',) + implementations.CHOICES[switch])
   p = config.profile
   _require(p.start_step < 0 or p.num_steps >= 1,
            f'profile.num_steps={p.num_steps} must be at least 1 when '

@@ -74,6 +74,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head_init_std = 0.0
   config.model.init_bias_one = True
   config.model.dtype = 'float32'  # compute dtype; parameters stay float32
+  # How layers are computed (alexnet_jax/implementations.py): the same sums in other forms,
+  # 'auto' by backend from measurements.
+  config.model.conv1_impl = 'auto'  # space_to_depth | strided
+  config.model.conv1_input = 'auto'  # as_is | pad4 (3 -> 4 channels)
+  config.model.pool_backward = 'auto'  # custom | xla
+  config.model.tower_conv = 'auto'  # per_tower | grouped
+  config.model.lrn_impl = 'auto'  # custom | autodiff
 
   # Optimisation (section 5).
   config.batch_size = 128

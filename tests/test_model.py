@@ -153,14 +153,15 @@ def test_space_to_depth_conv_is_the_strided_convolution(size, kernel, stride, pa
                              rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize('backward', ['custom', 'xla'])
 @pytest.mark.parametrize('window,stride', [(3, 2), (2, 2), (3, 1)])
-def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window, stride):
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window, stride, backward):
   # Small integers: many windows hold tied maxima; overlapping and non-overlapping windows.
   rng = np.random.default_rng(0)
   x = rng.integers(0, 4, size=(2, 9, 11, 3)).astype(np.float32)
   oh, ow = (9 - window) // stride + 1, (11 - window) // stride + 1
   g = rng.normal(size=(2, oh, ow, 3)).astype(np.float32)
-  out, vjp = jax.vjp(lambda v: model.max_pool(v, window, stride), jnp.asarray(x))
+  out, vjp = jax.vjp(lambda v: model.max_pool(v, window, stride, backward), jnp.asarray(x))
   want_out = np.zeros(g.shape)
   want_grad = np.zeros(x.shape)
   for n in range(2):
@@ -173,3 +174,48 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window, stri
           want_grad[n, stride * i + di, stride * j + dj, c] += g[n, i, j, c]
   np.testing.assert_array_equal(np.asarray(out), want_out)
   np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), want_grad, rtol=1e-6)
+
+
+# ---- implementation switches (alexnet_jax/implementations.py): every form is exact -------------
+
+SWITCHES = [('conv1_impl', 'space_to_depth'), ('conv1_impl', 'strided'),
+            ('conv1_input', 'as_is'), ('conv1_input', 'pad4'),
+            ('pool_backward', 'custom'), ('pool_backward', 'xla'),
+            ('tower_conv', 'per_tower'), ('tower_conv', 'grouped'),
+            ('lrn_impl', 'custom'), ('lrn_impl', 'autodiff')]
+# conv1 11x11 stride 4 (the space-to-depth form), two towers on one device (grouped).
+STRIDED = model.AlexNetSpec(num_classes=5, image_size=67, in_channels=3, num_towers=2,
+                            conv_features=(4, 6, 4, 4, 2), conv_kernels=(11, 5, 3, 3, 3),
+                            conv1_stride=4, conv1_padding='cuda_convnet', fc_features=6)
+
+
+@pytest.mark.parametrize('field,value', SWITCHES)
+def test_every_form_of_every_switch_matches_float64_numpy(field, value):
+  """Forward in float32 against the float64 reference (1e-5), and the gradient in float64
+  against central differences of the reference's loss."""
+  import dataclasses
+  spec = dataclasses.replace(STRIDED, **{field: value})
+  params64 = _random_params(spec, 7)
+  images = np.random.default_rng(8).uniform(-100, 100, (3, 67, 67, 3))
+  labels = np.array([1, 3, 4])
+  want = reference.forward(params64, images, 4, spec.conv1_pads())
+  got = jax.jit(lambda p, x: model.apply(p, x, spec))(
+      jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params64), jnp.asarray(images, jnp.float32))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+  with jax.enable_x64(True):
+    p64 = jax.tree.map(jnp.asarray, params64)
+    loss = lambda p: -jnp.mean(jax.nn.log_softmax(model.apply(
+        p, jnp.asarray(images), spec, compute_dtype=jnp.float64))[jnp.arange(3), labels])
+    grads = jax.jit(jax.grad(loss))(p64)
+  rng = np.random.default_rng(9)
+  for layer in ('conv1', 'conv2', 'conv4', 'fc6'):
+    for _ in range(2):
+      idx = tuple(int(rng.integers(0, n)) for n in params64[layer]['kernel'].shape)
+      def at(d):
+        p = {l: dict(v) for l, v in params64.items()}
+        p[layer]['kernel'] = params64[layer]['kernel'].copy()
+        p[layer]['kernel'][idx] += d
+        return reference.cross_entropy(reference.forward(p, images, 4, spec.conv1_pads()), labels)
+      fd = (at(1e-6) - at(-1e-6)) / 2e-6
+      np.testing.assert_allclose(grads[layer]['kernel'][idx], fd, rtol=1e-4, atol=1e-9,
+                                 err_msg=f'{field}={value} {layer}{idx}')

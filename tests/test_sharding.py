@@ -133,6 +133,18 @@ def test_towers_mode_moves_only_the_joins_across_model(data):
   assert max(c.result_bytes for c in across_model) <= 2 * 13 * 13 * 128 * 4 * (batch // data)
 
 
+def test_grouped_tower_convolutions_add_no_collective():
+  """XLA's SPMD partitioner is reported to replicate non-depthwise grouped convolutions. In
+  hybrid mode each device holds both conv towers and runs conv2, conv4 and conv5 as grouped
+  convolutions under shard_map: the compiled collectives are the per-tower step's."""
+  def traffic(tower_conv):
+    spec = model.AlexNetSpec(tower_conv=tower_conv)
+    colls = compiled_collectives(layout_for('hybrid', 4, 2), spec, 16)
+    return sorted((c.op, c.axes, c.result_bytes) for c in colls if c.group_size > 1)
+  grouped = traffic('grouped')
+  assert grouped == traffic('per_tower') and len(grouped) > 3
+
+
 def test_data_mode_only_reduces_gradients():
   spec = model.AlexNetSpec()
   colls = [c for c in compiled_collectives(layout_for('data', 8, 1), spec, 16)
