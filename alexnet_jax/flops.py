@@ -175,6 +175,14 @@ def host_peak_flops(measure=measure_host_flops, path: str | None = None) -> tupl
                 f'run(s) ({path}; this run {measured:.4g})')
 
 
+def sheet_peak(device_kind: str) -> dict[str, float] | None:
+  """{'bfloat16': FLOP/s, 'float32': FLOP/s} of one device from `PEAK_FLOPS`, or None."""
+  for name, bf16, fp32 in PEAK_FLOPS:
+    if name in device_kind:
+      return {'bfloat16': bf16, 'float32': fp32}
+  return None
+
+
 def peak_flops(devices, dtype_name: str, per_device: float = 0.0, measure_host=None) -> dict:
   """The peak FLOP/s of `devices` (all of the run's devices, summed) and where it comes from:
   {'total', 'per_device', 'source'}; None values where it is unknown (no MFU then).

@@ -35,8 +35,13 @@ import numpy as np
 from alexnet_jax import comm, model, optimizer, sharding, steps, xla_cpu
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('devices', 8, 'Number of CPU devices to force.')
-flags.DEFINE_integer('batch_size', 128, 'Global batch size of the train step.')
+
+
+def define_flags() -> None:
+  """The command line's flags (only when run as a script: other modules import this one)."""
+  flags.DEFINE_integer('devices', 8, 'Number of CPU devices to force.')
+  flags.DEFINE_integer('batch_size', 128, 'Global batch size of the train step.')
+
 
 MESHES = (('towers', 4, 2), ('data', 8, 1), ('hybrid', 4, 2), ('towers', 1, 2))
 MIB = 2**20
@@ -118,4 +123,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -37,11 +37,16 @@ from alexnet_jax import model, optimizer  # noqa: E402
 from benchmarks import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('batch', 32, 'Batch size.')
-flags.DEFINE_integer('repeats', 5, 'Timed repeats per layer; the median is reported.')
-flags.DEFINE_string('only', '', 'Comma-separated layer names to time (default: all).')
-flags.DEFINE_string('json_out', None, 'Write the rows as JSON here.')
-flags.DEFINE_float('gap', 0.2, 'Idle seconds before each timed call.')
+
+
+def define_flags() -> None:
+  """The command line's flags (only when run as a script: other modules import this one)."""
+  flags.DEFINE_integer('batch', 32, 'Batch size.')
+  flags.DEFINE_integer('repeats', 5, 'Timed repeats per layer; the median is reported.')
+  flags.DEFINE_string('only', '', 'Comma-separated layer names to time (default: all).')
+  flags.DEFINE_string('json_out', None, 'Write the rows as JSON here.')
+  flags.DEFINE_float('gap', 0.2, 'Idle seconds before each timed call.')
+
 
 PARAMS_ONLY = ('conv1',)  # the image needs no gradient
 NO_BACKWARD = ('optimizer update',)
@@ -244,4 +249,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

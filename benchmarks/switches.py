@@ -110,12 +110,16 @@ def markdown(rows: list[dict]) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer('batch', 32, 'Batch size.')
-flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Compute dtype.')
-flags.DEFINE_integer('steps', 2, 'Steps per timed repeat.')
-flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median is reported.')
-flags.DEFINE_list('only', None, 'Switches to time (default: all).')
-flags.DEFINE_string('json_out', None, 'Write the rows as JSON here.')
+
+
+def define_flags() -> None:
+  """The command line's flags (only when run as a script: other modules import this one)."""
+  flags.DEFINE_integer('batch', 32, 'Batch size.')
+  flags.DEFINE_enum('dtype', 'float32', list(DTYPES), 'Compute dtype.')
+  flags.DEFINE_integer('steps', 2, 'Steps per timed repeat.')
+  flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median is reported.')
+  flags.DEFINE_list('only', None, 'Switches to time (default: all).')
+  flags.DEFINE_string('json_out', None, 'Write the rows as JSON here.')
 
 
 def main(argv):
@@ -136,4 +140,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

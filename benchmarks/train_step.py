@@ -73,20 +73,25 @@ except ImportError:
   torch = None
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('batch_sizes', None, 'Global batch sizes; default 32 on CPU, 128,256,512 on GPU.')
-flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (parameters stay float32).')
-flags.DEFINE_list('modes', None, 'Parallelism modes; default towers,data,hybrid with >= 2 '
-                  'devices, else towers.')
-flags.DEFINE_integer('steps', None, 'Steps per timed repeat; default 2 on CPU, 20 on GPU.')
-flags.DEFINE_integer('repeats', 5, 'Timed repeats per variant; the median is reported.')
-flags.DEFINE_float('gap', 0.5, 'CPU: idle seconds before each timed variant (thread pools '
-                   'stop spinning).')
-flags.DEFINE_integer('warmup', None, 'Untimed steps after compiling; default 1 on CPU, 5 on GPU.')
-flags.DEFINE_integer('matmul_size', None, 'Side of the square matmul that measures the peak; '
-                     'default 2048 on CPU, 8192 on GPU.')
-flags.DEFINE_bool('torch', True, 'Time the PyTorch baseline (if torch imports).')
-flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
-flags.DEFINE_string('json_out', None, 'Write the header and all rows as JSON here.')
+
+
+def define_flags() -> None:
+  """The command line's flags (only when run as a script: other modules import this one)."""
+  flags.DEFINE_list('batch_sizes', None, 'Global batch sizes; default 32 on CPU, 128,256,512 on GPU.')
+  flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes (parameters stay float32).')
+  flags.DEFINE_list('modes', None, 'Parallelism modes; default towers,data,hybrid with >= 2 '
+                    'devices, else towers.')
+  flags.DEFINE_integer('steps', None, 'Steps per timed repeat; default 2 on CPU, 20 on GPU.')
+  flags.DEFINE_integer('repeats', 5, 'Timed repeats per variant; the median is reported.')
+  flags.DEFINE_float('gap', 0.5, 'CPU: idle seconds before each timed variant (thread pools '
+                     'stop spinning).')
+  flags.DEFINE_integer('warmup', None, 'Untimed steps after compiling; default 1 on CPU, 5 on GPU.')
+  flags.DEFINE_integer('matmul_size', None, 'Side of the square matmul that measures the peak; '
+                       'default 2048 on CPU, 8192 on GPU.')
+  flags.DEFINE_bool('torch', True, 'Time the PyTorch baseline (if torch imports).')
+  flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+  flags.DEFINE_string('json_out', None, 'Write the header and all rows as JSON here.')
+
 
 CARD_FLOPS_PER_IMAGE = 4.35e9  # reference card: training step ~ 3 x 1.449 GFLOP forward
 JAX_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -253,11 +258,16 @@ class TorchVariant:
                               torch.cuda.max_memory_allocated(self.device))
 
 
-def torch_variant_names(on_gpu: bool, dtype: str) -> list[str]:
-  if torch is None or not FLAGS.torch or (dtype == 'bfloat16' and not on_gpu):
+def torch_variant_names(on_gpu: bool, dtype: str, use_torch: bool = True,
+                        use_compile: bool = True, dry_run: bool = False) -> list[str]:
+  """The PyTorch variants of a (device, dtype): eager, torch.compile and, on GPU,
+  torchvision's alexnet. On CPU torch runs float32 only, except in the GPU check's dry run,
+  which takes the GPU's paths (AMP bfloat16, torchvision) on CPU."""
+  gpu_paths = on_gpu or dry_run
+  if torch is None or not use_torch or (dtype == 'bfloat16' and not gpu_paths):
     return []
-  names = ['eager'] + (['compile'] if FLAGS.torch_compile else [])
-  if on_gpu:
+  names = ['eager'] + (['compile'] if use_compile else [])
+  if gpu_paths:
     try:
       import torchvision  # noqa: F401
       names.append('torchvision alexnet eager')
@@ -381,7 +391,7 @@ def main(argv):
           variants.append(JaxVariant(spec, mode, batch, dtype))
         except ValueError as e:  # ConfigError: batch not divisible by the mesh
           print(f'note: skipping jax {mode} batch {batch}: {e}')
-      for name in torch_variant_names(on_gpu, dtype):
+      for name in torch_variant_names(on_gpu, dtype, FLAGS.torch, FLAGS.torch_compile):
         print(f'# building torch {name} batch {batch} {dtype}', file=sys.stderr, flush=True)
         variants.append(TorchVariant(spec, name, batch, dtype, torch_device))
       quiet = machine.Quiet()
@@ -412,4 +422,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

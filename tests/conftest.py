@@ -90,12 +90,11 @@ def no_process_outlives_its_test():
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
   """In CI (CI=true), a skipped test fails: CI installs everything the tests need, so a skip
-  there means a test that should have run did not. Tests marked `gpu` need an accelerator,
-  which CI never has; they may skip."""
+  there means a test that should have run did not."""
   outcome = yield
   report = outcome.get_result()
   if (report.skipped and os.environ.get('CI', '').lower() in ('true', '1')
-      and item.get_closest_marker('gpu') is None and not hasattr(report, 'wasxfail')):
+      and not hasattr(report, 'wasxfail')):
     reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
     report.outcome = 'failed'
     report.longrepr = f'skipped in CI, where it must run: {reason}'
