@@ -9,6 +9,8 @@ product); through eight layers a few 1e-3 is TF32's own error, so the default-pr
 bound is 1e-2 off CPU. bfloat16 (8-bit mantissa): 5e-2.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,8 +22,18 @@ from tests import helpers, reference, test_sharding
 pytestmark = pytest.mark.gpu
 
 
-def _relative_error(params64, images, spec, dtype, precision):
-  want = reference.forward(params64, images, spec.conv1_stride, spec.conv1_pads())
+@functools.lru_cache(maxsize=1)
+def _float64_case():
+  """Random parameters and images with the float64 NumPy logits (computed once)."""
+  spec = model.AlexNetSpec()
+  params64 = reference.random_params(spec.param_shapes(), 0)
+  images = np.random.default_rng(1).uniform(-120, 120, (2, 224, 224, 3))
+  return spec, params64, images, reference.forward(params64, images, spec.conv1_stride,
+                                                   spec.conv1_pads())
+
+
+def _relative_error(dtype, precision):
+  spec, params64, images, want = _float64_case()
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params64)
   with jax.default_matmul_precision(precision):
     got = jax.jit(lambda p, x: model.apply(p, x, spec, compute_dtype=dtype))(
@@ -33,14 +45,11 @@ def _relative_error(params64, images, spec, dtype, precision):
 @pytest.mark.parametrize('dtype,precision', [('float32', 'highest'), ('float32', 'default'),
                                              ('bfloat16', 'default')])
 def test_the_224_network_matches_float64_numpy(dtype, precision):
-  spec = model.AlexNetSpec()
-  params64 = reference.random_params(spec.param_shapes(), 0)
-  images = np.random.default_rng(1).uniform(-120, 120, (2, 224, 224, 3))
   on_cpu = jax.default_backend() == 'cpu'
   bound = {('float32', 'highest'): 1e-5,
            ('float32', 'default'): 1e-5 if on_cpu else 1e-2,
            ('bfloat16', 'default'): 5e-2}[dtype, precision]
-  rel = _relative_error(params64, images, spec, getattr(jnp, dtype), precision)
+  rel = _relative_error(getattr(jnp, dtype), precision)
   assert rel < bound, (dtype, precision, rel)
 
 
