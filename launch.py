@@ -217,7 +217,22 @@ class _QuietLibraries(py_logging.Filter):
       return False  # orbax, on our read-only look at the checkpoints before training
     if '/orbax/' in record.pathname and record.exc_info:
       return False  # a failed save: CheckpointSaveError says it in one line
+    if record.name == 'asyncio' and record.exc_info and _from_checkpoint_io(record.exc_info[2]):
+      return False  # "exception was never retrieved": another read of a damaged checkpoint
     return record.levelno >= py_logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
+# Where orbax's array reads and writes run: their frames mark an echo of checkpoint I/O.
+_CHECKPOINT_IO = ('/orbax/', '/array_serialization/', '/tensorstore/')
+
+
+def _from_checkpoint_io(tb) -> bool:
+  """Whether a traceback passes through orbax's (or its tensorstore's) array I/O."""
+  while tb is not None:
+    if any(p in tb.tb_frame.f_code.co_filename for p in _CHECKPOINT_IO):
+      return True
+    tb = tb.tb_next
+  return False
 
 
 def _unraisable_hook(default):
@@ -233,7 +248,9 @@ def _unraisable_hook(default):
         and str(unraisable.exc_value) == 'Event loop is closed'):
       return
     code = getattr(unraisable.object, 'cr_code', None)
-    if code is not None and '/orbax/' in code.co_filename:
+    if code is not None and any(p in code.co_filename for p in _CHECKPOINT_IO):
+      return
+    if _from_checkpoint_io(unraisable.exc_traceback):
       return
     default(unraisable)
 

@@ -38,12 +38,17 @@ class Collective:
   group_size: int
   axes: str  # 'model', 'data', 'data+model' or '?' (groups XLA printed in another form)
   name: str  # the JAX op it came from (from the HLO metadata)
+  # collective-permute: the share of devices that send (source-target pairs / devices).
+  senders: float = 0.0
 
   @property
   def bytes_sent(self) -> float:
+    """Bytes one device sends, on average over the devices."""
     g = self.group_size
     if g <= 1:
       return 0.0
+    if self.op == 'collective-permute':
+      return self.senders * self.result_bytes
     if self.op == 'all-gather':
       return (g - 1) / g * self.result_bytes
     if self.op == 'reduce-scatter':
@@ -90,9 +95,22 @@ def collectives(hlo_text: str, mesh_shape: tuple[int, int]) -> list[Collective]:
     if not m:
       continue
     size, axes = _groups(m.group('rest'), mesh_shape)
+    senders = 0.0
+    pairs = re.search(r'source_target_pairs=\{((?:\{\d+,\d+\},?)*)\}', m.group('rest'))
+    if m.group('op') == 'collective-permute' and pairs:
+      ends = [tuple(map(int, p)) for p in re.findall(r'\{(\d+),(\d+)\}', pairs.group(1))]
+      n_model = mesh_shape[1]
+      same_data = all(a // n_model == b // n_model for a, b in ends)
+      same_model = all(a % n_model == b % n_model for a, b in ends)
+      size = 2 if ends else 1
+      axes = 'model' if same_data else ('data' if same_model else 'data+model')
+      senders = len(ends) / math.prod(mesh_shape)
+    nbytes = _shape_bytes(m.group('shape'))
+    if m.group('op') == 'collective-permute' and 'collective-permute-start(' in line:
+      nbytes //= 2  # the async form's shape holds (operand, result, ...)
     op_name = re.search(r'op_name="([^"]*)"', line)
-    found.append(Collective(m.group('op'), _shape_bytes(m.group('shape')), size, axes,
-                            op_name.group(1) if op_name else ''))
+    found.append(Collective(m.group('op'), nbytes, size, axes,
+                            op_name.group(1) if op_name else '', senders))
   return found
 
 

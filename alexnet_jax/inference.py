@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alexnet_jax import checkpoint_config
 from alexnet_jax import checkpointing
 from alexnet_jax import figures
 from alexnet_jax import model as model_lib
@@ -37,7 +38,7 @@ def restore_params(config, workdir: str, step: int | None = None):
     restored, meta = None, None
     if ckpts.steps() or step is not None:
       restored, meta, _ = ckpts.restore(
-          abstract, functools.partial(run_setup.check_checkpoint_config, config, spec), step,
+          abstract, functools.partial(checkpoint_config.check, config, spec), step,
           params_only=True)
   finally:
     ckpts.close()

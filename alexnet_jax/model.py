@@ -74,9 +74,16 @@ class AlexNetSpec:
   lrn_n: int = 5
   lrn_alpha: float = 1e-4
   lrn_beta: float = 0.75
+  # The paper's LRN stays within a tower (each GPU normalised its own maps). Caffe's
+  # bvlc_alexnet runs it across all 96 and 256 channels: a tower's edge channels see the
+  # neighbouring tower's, which `towers` mode brings over from the other device.
+  lrn_across_towers: bool = False
   pool_window: int = 3  # overlapping pooling, section 3.4
   pool_stride: int = 2
   dropout_rate: float = 0.5
+  # 'paper': dropout on fc6's and fc7's outputs (section 4.2); 'inputs': on fc6's and fc7's
+  # inputs, as torchvision's alexnet (Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear).
+  dropout_placement: str = 'paper'
   init_std: float = 0.01  # section 5: N(0, 0.01) for every weight
   # fc8's weights; -1: init_std (the paper). 0 starts every class at the same logit, so the
   # first loss is ln(classes) whatever the activations' scale: narrow nets need a larger
@@ -137,6 +144,12 @@ class AlexNetSpec:
     shapes = {}
     for i, name in enumerate(CONV_LAYERS):
       shapes[name] = {'kernel': (t, k[i], k[i], cin[i], f[i]), 'bias': (t, f[i])}
+    if self.dropout_placement not in ('paper', 'inputs'):
+      raise ConfigError(f"model.dropout_placement={self.dropout_placement!r} is not 'paper' or "
+                        "'inputs'.")
+    if self.lrn_across_towers and min(f[0], f[1]) < self.lrn_n // 2:
+      raise ConfigError(f'model.lrn_across_towers needs at least {self.lrn_n // 2} channels per '
+                        f'tower in conv1 and conv2, not {f[0]} and {f[1]}.')
     p5 = self.feature_sizes()[-1]
     if p5 < 1:
       raise ConfigError(f'image_size {self.image_size} is too small for this network: '
@@ -183,6 +196,24 @@ def _join(xs: list[jax.Array], tower_axis: str | None) -> jax.Array:
   if tower_axis is not None:
     x = jax.lax.all_gather(x, tower_axis, axis=0, tiled=True)
   return x
+
+
+def _lrn_across_towers(xs: list[jax.Array], lrn_fn, h: int,
+                       tower_axis: str | None) -> list[jax.Array]:
+  """LRN over the channels of all towers (Caffe's): each tower is normalised with its
+  neighbours' `h` edge channels beside it, zeros past the first and last tower (the window
+  clipped there, as within a tower). Towers on other devices send their edges: two
+  collective permutes of `h` channels, forward and back, are all this adds."""
+  firsts, lasts = [x[..., :h] for x in xs], [x[..., -h:] for x in xs]
+  zeros = jnp.zeros_like(firsts[0])
+  left, right = zeros, zeros
+  if tower_axis is not None:
+    n = jax.lax.axis_size(tower_axis)
+    left = jax.lax.ppermute(lasts[-1], tower_axis, [(d, d + 1) for d in range(n - 1)])
+    right = jax.lax.ppermute(firsts[0], tower_axis, [(d + 1, d) for d in range(n - 1)])
+  lefts, rights = [left] + lasts[:-1], firsts[1:] + [right]
+  return [lrn_fn(jnp.concatenate([l, x, r], axis=-1))[..., h:h + x.shape[-1]]
+          for l, x, r in zip(lefts, xs, rights)]
 
 
 def _towers_to_channels(x: jax.Array) -> jax.Array:
@@ -247,8 +278,12 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
 
   def norm_pool(xs, lrn):
     if lrn and spec.lrn:
-      xs = [local_response_norm(xi, spec.lrn_k, spec.lrn_n, spec.lrn_alpha, spec.lrn_beta,
-                                backward=form['lrn']) for xi in xs]
+      lrn_fn = lambda xi: local_response_norm(xi, spec.lrn_k, spec.lrn_n, spec.lrn_alpha,
+                                              spec.lrn_beta, backward=form['lrn'])
+      if spec.lrn_across_towers:
+        xs = _lrn_across_towers(xs, lrn_fn, spec.lrn_n // 2, conv_tower_axis)
+      else:
+        xs = [lrn_fn(xi) for xi in xs]
     return [max_pool(xi, spec.pool_window, spec.pool_stride, backward=form['pool_backward'])
             for xi in xs]
 
@@ -273,12 +308,17 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
 
   def dense_towers(name, h_in, layer_index):
     p = params[name]
+    if train and spec.dropout_rate > 0 and spec.dropout_placement == 'inputs':
+      # One mask per example for the input every fc tower reads (tower id 0 for all).
+      mask = dropout_masks(dropout_key, example_ids, layer_index + 10, fc_towers[:1] * 0,
+                           h_in.shape[-1], spec.dropout_rate)[0]
+      h_in = h_in * mask.astype(compute_dtype)
     # One batched matmul over the tower axis: the kernel gradient lands in the
     # stacked (T, in, out) layout with no per-tower slices or copies.
     h_towers = jnp.broadcast_to(h_in, (fc_local_t, *h_in.shape))
     y = jnp.einsum('tbi,tio->tbo', h_towers, p['kernel'].astype(compute_dtype))
     hs = list(jax.nn.relu(y + p['bias'][:, None].astype(compute_dtype)))
-    if train and spec.dropout_rate > 0:
+    if train and spec.dropout_rate > 0 and spec.dropout_placement == 'paper':
       masks = dropout_masks(dropout_key, example_ids, layer_index, fc_towers,
                             hs[0].shape[-1], spec.dropout_rate)
       hs = [h * masks[t].astype(compute_dtype) for t, h in enumerate(hs)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -37,7 +38,8 @@ def warmup_factor(step, warmup_steps: int):
 
 
 def paper_momentum(learning_rate, momentum: float = 0.9, weight_decay: float = 0.0005,
-                   warmup_steps: int = 0) -> optax.GradientTransformation:
+                   warmup_steps: int = 0,
+                   frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
   """v <- momentum v - wd lr w - lr g; w <- w + v (paper section 5).
 
   `warmup_steps` > 0 (not in the paper) multiplies the rate by `warmup_factor`: a linear ramp
@@ -45,20 +47,30 @@ def paper_momentum(learning_rate, momentum: float = 0.9, weight_decay: float = 0
   its value once the network has left the first steps, whose gradients scale with the
   activations' size squared and can throw a network on high-contrast inputs out of range.
   The ramp has its own step count, so the plateau schedule's drops (the injected rate)
-  compose with it."""
+  compose with it.
+
+  `frozen` layers (`fine_tuning`) are masked: no decay and no momentum, so the zero gradient
+  the train step gives them leaves them exactly as they are."""
 
   def make(learning_rate, momentum, weight_decay):
     ramp = ([optax.scale_by_schedule(lambda count: warmup_factor(count + 1, warmup_steps))]
             if warmup_steps > 0 else [])
-    return optax.chain(
+    update = optax.chain(
         optax.add_decayed_weights(weight_decay),  # g + wd * w
         optax.scale_by_learning_rate(learning_rate, flip_sign=True),  # -lr (g + wd w)
         *ramp,  # -lr f(step) (g + wd w)
         optax.trace(decay=momentum),  # v = momentum v - lr (g + wd w)
     )
+    return optax.masked(update, trainable_mask(frozen)) if frozen else update
 
   return optax.inject_hyperparams(make, static_args=('momentum', 'weight_decay'))(
       learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
+
+
+def trainable_mask(frozen: tuple[str, ...]):
+  """optax.masked's mask: True on the leaves of the layers that train."""
+  return lambda params: {name: jax.tree.map(lambda _: name not in frozen, layer)
+                         for name, layer in params.items()}
 
 
 def step_schedule(base: float, total_steps: int, boundaries: tuple[float, ...],

@@ -10,7 +10,6 @@ so that any failure on the user's input leaves the workdir as it was.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -19,7 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from alexnet_jax import checkpoint_config
 from alexnet_jax import checkpointing
+from alexnet_jax import fine_tuning
 from alexnet_jax import implementations
 from alexnet_jax import model as model_lib
 from alexnet_jax import optimizer as optimizer_lib
@@ -33,13 +34,6 @@ from alexnet_jax.errors import ConfigError
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 NONFINITE = ('stop', 'skip')
-SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
-# Fields a resumed run may change without a warning (placement, length, loader speed).
-NOT_COMPARED = ('mesh.', 'parallelism', 'model.conv1_impl', 'model.conv1_input',
-                'model.pool_backward', 'model.tower_conv', 'model.lrn_impl', 'distributed.', 'num_epochs', 'num_train_steps',
-                'min_train_steps', 'peak_flops_per_device', 'start_fresh_if_damaged',
-                'allow_no_file_locks',
-                'profile.', 'data.threads', 'data.processes', 'data.prefetch', 'data.max_bad_records')
 
 
 # ---- what the config names -----------------------------------------------------------
@@ -68,7 +62,7 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
       config.lr_schedule, config.learning_rate, total_steps,
       tuple(config.lr_boundaries), config.lr_factor)
   return optimizer_lib.paper_momentum(lr, config.momentum, config.weight_decay,
-                                      config.lr_warmup_steps)
+                                      config.lr_warmup_steps, tuple(config.freeze))
 
 
 # ---- checks of the config alone ------------------------------------------------------------
@@ -177,6 +171,12 @@ def _validate_data(config) -> None:
   _one_of('data.pipeline', d.pipeline, input_pipeline.PIPELINES)
   _one_of('data.mean', d.mean, transforms.MEAN_MODES)
   _one_of('data.std', d.std, transforms.STD_MODES)
+  for mode, name in ((d.mean, 'mean_values'), (d.std, 'std_values')):
+    values = tuple(d[name])
+    _require(mode != 'given' or (len(values) == d.channels and (
+        name == 'mean_values' or min(values) > 0)),
+             f'data.{name}={values} must give {d.channels} values (positive for the std) '
+             f'with data.{name.split("_")[0]}=given.')
   for name in ('crop_pad', 'prefetch', 'prepared_size', 'crop_size', 'threads', 'processes',
                'statistics_examples'):
     _require(d[name] >= 0, f'data.{name}={d[name]} must not be negative.')
@@ -232,6 +232,7 @@ def validate(config, layout: sharding.Layout) -> None:
   layout.check_batch(config.batch_size)
   layout.check_batch(config.eval_batch_size, 'eval_batch_size')
   _validate_model(model_spec(config))
+  fine_tuning.frozen_layers(config.freeze, model_spec(config))
 
 
 def _validate_model(spec: model_lib.AlexNetSpec) -> None:
@@ -270,7 +271,7 @@ def describe_run(config, layout: sharding.Layout, spec: model_lib.AlexNetSpec) -
   """What `run.json` records."""
   devices = layout.mesh.devices.ravel()
   return {
-      'config': config_dict(config),
+      'config': checkpoint_config.config_dict(config),
       'jax_version': jax.__version__,
       'device_kind': devices[0].device_kind,
       'platform': devices[0].platform,
@@ -283,54 +284,6 @@ def describe_run(config, layout: sharding.Layout, spec: model_lib.AlexNetSpec) -
       'tfds_data_dir': os.path.abspath(os.path.expanduser(
           config.data.data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets')),
   }
-
-
-def config_dict(config) -> dict:
-  return json.loads(config.to_json_best_effort())
-
-
-# ---- checkpoints written with another config ----------------------------------------------
-
-
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
-def check_checkpoint_config(config, spec: model_lib.AlexNetSpec, meta: dict, path: str) -> None:
-  """A checkpoint restores only into a model of the same shapes: fail in one sentence, naming
-  the fields that differ, rather than in orbax's shape mismatch."""
-  try:
-    saved = meta['config']
-    old_spec = model_lib.AlexNetSpec.from_config(
-        saved['model'], num_classes=saved['data']['num_classes'],
-        image_size=saved['data']['image_size'], in_channels=saved['data']['channels'])
-    old_shapes = old_spec.param_shapes()
-  except (KeyError, TypeError, ValueError) as e:
-    raise checkpointing.CorruptCheckpointError(f'{path}: its meta item has no usable config '
-                                               f'({e!r})') from e
-  now, then = _flatten(config_dict(config)), _flatten(saved)
-  if old_shapes != spec.param_shapes():
-    fields = [k for k in now if (k.startswith('model.') or k in SHAPE_DATA_FIELDS)
-              and now[k] != then.get(k)]
-    diffs = ', '.join(f'{k}={now[k]!r} (the checkpoint has {then.get(k)!r})' for k in fields)
-    raise ConfigError(f'The config changes the model\'s shapes ({diffs or "param shapes"}) but '
-                      f'the checkpoint {path} was written with the old ones; use the same model '
-                      'config to resume, or a new --workdir.')
-  if bool(now['lr_warmup_steps']) != bool(then.get('lr_warmup_steps', 0)):
-    raise ConfigError(f'lr_warmup_steps={now["lr_warmup_steps"]} (the checkpoint {path} has '
-                      f'{then.get("lr_warmup_steps", 0)}) adds or removes the warmup\'s step '
-                      'count in the optimizer state; resume with a warmup on or off as it was, '
-                      'or use a new --workdir.')
-  changed = [k for k in now if now[k] != then.get(k) and not k.startswith(NOT_COMPARED)]
-  if changed:
-    logging.warning('Resuming from %s with changed config fields: %s.', path,
-                    ', '.join(f'{k}={then.get(k)!r} -> {now[k]!r}' for k in changed))
 
 
 # ---- everything a run reads before it writes ---------------------------------------------
@@ -376,11 +329,18 @@ class Setup:
     try:
       if ckpts.steps():
         self.state, self.meta, self.damaged = ckpts.restore(
-            abstract, functools.partial(check_checkpoint_config, config, self.spec),
+            abstract, functools.partial(checkpoint_config.check, config, self.spec),
             checkpoint_step)
         self.checkpoint_path = ckpts.path(self.meta['step']) if self.meta else None
     finally:
       ckpts.close()
+    # Fine-tuning's weights, read (and their shapes checked) before anything is written.
+    self.init = None
+    if config.init_from and self.meta is None and writable:
+      self.init = fine_tuning.load_init(config.init_from, self.spec,
+                                        tuple(config.init_from_skip))
+    elif config.init_from and self.meta is not None:
+      logging.info('Resuming from %s; init_from is read only to start.', self.checkpoint_path)
     if self.damaged and self.meta is None and writable and not config.start_fresh_if_damaged:
       listed = '; '.join(f'{step}: {why}' for step, why in sorted(self.damaged.items()))
       raise checkpointing.NoCheckpointError(

@@ -90,7 +90,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
                     tx: optax.GradientTransformation, global_batch: int,
                     compute_dtype=jnp.float32, donate: bool = True,
                     skip_nonfinite: bool = False, mean=None, grad_norm: bool = True,
-                    scale=None):
+                    scale=None, frozen: tuple[str, ...] = ()):
   """Returns train_step(state, images, labels) -> (state, metrics).
 
   `images` is a float32 batch, or a `pixels.pixel_batch` (uint8 pixels, windows,
@@ -103,6 +103,10 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
 
   `grad_norm=False` leaves `grad_norm` out of the metrics: reading every gradient once more
   costs 7% of the step on CPU, so the loop asks for it only on the steps it logs.
+
+  `frozen` layers (`fine_tuning`) are constants of the differentiation: their gradient is
+  zero without being computed (nor the backward pass below the lowest trainable layer), and
+  `grad_norm` is the trainable layers'.
   """
   axes = layout.apply_axes
   grad_norm = grad_norm or skip_nonfinite
@@ -126,8 +130,13 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
     loss_fn = layout.on_devices(
         local_loss, in_specs=(specs, layout.batch_spec, layout.label_spec, P()),
         out_specs=(P(), P()))
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, images, labels, key)
+    trainable = {k: v for k, v in state.params.items() if k not in frozen}
+    fixed = {k: v for k, v in state.params.items() if k in frozen}
+    (loss, sums), grads = jax.value_and_grad(
+        lambda train, *args: loss_fn({**train, **fixed}, *args), has_aux=True)(
+            trainable, images, labels, key)
+    grads = {k: grads[k] if k in grads else jax.tree.map(jnp.zeros_like, v)
+             for k, v in state.params.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'top1': sums['top1'] / global_batch,

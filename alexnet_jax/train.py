@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from alexnet_jax import checkpoint_config
 from alexnet_jax import checkpointing
 from alexnet_jax import errors
 from alexnet_jax import evaluation
 from alexnet_jax import figures
+from alexnet_jax import fine_tuning
 from alexnet_jax import flops as flops_lib
 from alexnet_jax import interrupts
 from alexnet_jax import metrics as metrics_lib
@@ -79,9 +81,12 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
     log = _TrainLog(config, setup, record, writer)
     state = setup.state if setup.state is not None else steps_lib.create_train_state(
         jax.random.key(config.seed), spec, setup.tx, layout)
+    if setup.init is not None:
+      state = fine_tuning.with_params(state, setup.init, layout)
     train_steps = {logged: steps_lib.make_train_step(  # the logged steps add grad_norm
         spec, layout, setup.tx, config.batch_size, setup.dtype, skip_nonfinite=log.skip,
-        mean=setup.data.mean, scale=setup.data.scale, grad_norm=logged)
+        mean=setup.data.mean, scale=setup.data.scale, grad_norm=logged,
+        frozen=tuple(config.freeze))
         for logged in (True, False)}
     evaluate = functools.partial(
         evaluation.evaluate, steps_lib.make_eval_step(spec, layout, setup.dtype,
@@ -299,7 +304,7 @@ class _Saver:
       self.plateau = optimizer_lib.Plateau(**setup.meta['plateau'])
       self.last_good = self.ckpt.path(setup.start_step)
       logging.info('Resumed from %s.', self.last_good)
-    self.config_json = run_setup.config_dict(config)
+    self.config_json = checkpoint_config.config_dict(config)
 
   def __enter__(self):
     return self

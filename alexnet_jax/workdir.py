@@ -179,7 +179,7 @@ class RunRecord:
     if previous is not None:
       self.record = previous
       changes = {k: v for k, v in run.items() if k != 'config' and previous.get(k) != v}
-      old, new = _flatten(previous.get('config', {})), _flatten(run['config'])
+      old, new = flatten(previous.get('config', {})), flatten(run['config'])
       changed = {k: [old.get(k), new[k]] for k in new if old.get(k) != new[k]}
       entry = dict(changes, host=socket.gethostname(),
                    time=datetime.datetime.now().astimezone().isoformat(timespec='seconds'))
@@ -225,11 +225,11 @@ class RunRecord:
       raise ConfigError(f'Cannot write {self.path} ({e.strerror}).') from e
 
 
-def _flatten(d: dict, prefix: str = '') -> dict:
+def flatten(d: dict, prefix: str = '') -> dict:
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out

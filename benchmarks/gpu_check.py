@@ -35,7 +35,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # torch shares the GPU
 

@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
   # none: the paper's 0-255 scale; channel: divide by the training set's standard deviation
   # per channel around that mean (unit-variance inputs, as torchvision's normalisation).
   config.data.std = 'none'
+  # data.mean=given / data.std=given: these per-channel values (RGB, 0-255) instead of the
+  # training set's, as a published network was trained (configs/bvlc_alexnet.py).
+  config.data.mean_values = ()
+  config.data.std_values = ()
   # .npz of scripts/compute_pixel_statistics.py (mean image, PCA); empty: computed at start
   # over statistics_examples training images (0: all) drawn with the seed.
   config.data.statistics = ''
@@ -64,9 +68,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv1_padding = 'cuda_convnet'  # 224 -> 55 (3 px of zeros bottom/right)
   config.model.fc_features = 2048  # per tower
   config.model.lrn = True
+  config.model.lrn_k = 2.0  # section 3.3: k=2, n=5, alpha=1e-4, beta=0.75 (alpha / n, as trained)
+  config.model.lrn_n = 5
+  config.model.lrn_alpha = 1e-4
+  config.model.lrn_beta = 0.75
+  config.model.lrn_across_towers = False  # True: Caffe's LRN over both towers' channels
   config.model.pool_window = 3  # overlapping pooling, section 3.4 (2 and 2: non-overlapping)
   config.model.pool_stride = 2
   config.model.dropout_rate = 0.5
+  config.model.dropout_placement = 'paper'  # fc6/fc7 outputs; 'inputs': torchvision's
   config.model.init_std = 0.01
   # fc8's weights start at 0, so that the first loss is ln(1000) (chance): section 5's
   # N(0, 0.01) for fc8 starts at 8.5 on high-contrast images. The one departure from the
@@ -96,6 +106,15 @@ def get_config() -> ml_collections.ConfigDict:
   # A linear ramp of the rate over the first steps (not in the paper, which starts at 0.01):
   # 0 off.
   config.lr_warmup_steps = 0
+  # Transfer (alexnet_jax/fine_tuning.py), not in the paper. init_from: a workdir (its latest
+  # checkpoint) or one of its checkpoints/<step> to start from, e.g. weights imported by
+  # scripts/import_weights.py; layers of the same shapes are loaded, fc8 starts afresh when
+  # the classes differ, the optimizer starts afresh. freeze: layers the updates leave as they
+  # are (no gradient is computed for them, no weight decay applied), e.g. the five convs.
+  # init_from_skip: layers not loaded, e.g. ('fc8',) for other classes, even as many.
+  config.init_from = ''
+  config.init_from_skip = ()
+  config.freeze = ()
   config.plateau_patience = 1  # evaluations without improvement before a drop
   config.plateau_max_drops = 3  # the paper divided the rate by 10 three times
 

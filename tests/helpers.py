@@ -56,6 +56,14 @@ def launch(workdir, *overrides, config='configs/synthetic.py', devices=1, faults
   return proc if background else finish(proc, timeout)
 
 
+def run_script(module: str, *args, timeout=600, env=None) -> subprocess.CompletedProcess:
+  """`python -m module args` from the repository root on one CPU device."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu', **(env or {}))
+  return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def free_port() -> int:
   import socket
   with socket.socket() as s:

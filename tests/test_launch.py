@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -263,3 +264,37 @@ def test_the_main_config_learns_the_embedded_subset_to_its_measured_accuracy(tmp
   last = helpers.records(tmp_path / 'run', 'eval/top1')[-1]
   assert last['step'] == 1170 and last['eval/images'] == 2000
   assert last['eval/top1'] >= 0.835, last
+
+
+def test_echoes_of_a_damaged_checkpoints_other_reads_stay_out_of_the_log():
+  """orbax gathers a checkpoint's array reads; once one fails on damage (reported as such),
+  the others' errors surface later as unraisable coroutines or as asyncio's "exception was
+  never retrieved". Those stay out; the same errors from elsewhere stay in."""
+  import logging
+  import launch as entry
+
+  def raised_in(filename):
+    namespace = {}
+    exec(compile('def read():\n  raise ValueError("OUT_OF_RANGE")', filename, 'exec'),
+         namespace)
+    try:
+      namespace['read']()
+    except ValueError as e:
+      return e
+
+  def record(error):
+    return logging.LogRecord('asyncio', logging.ERROR, '/usr/lib/asyncio/base_events.py', 1,
+                             'Task exception was never retrieved', None,
+                             (type(error), error, error.__traceback__))
+
+  orbax = raised_in('/site-packages/orbax/checkpoint/_src/serialization/fake.py')
+  ours = raised_in('/work/alexnet_jax/fake.py')
+  quiet = entry._QuietLibraries()
+  assert not quiet.filter(record(orbax)) and quiet.filter(record(ours))
+
+  reported = []
+  hook = entry._unraisable_hook(reported.append)
+  for error in (orbax, ours):
+    hook(types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                               exc_traceback=error.__traceback__, err_msg=None, object=None))
+  assert reported and all(r.exc_value is ours for r in reported), reported

@@ -93,12 +93,8 @@ def load(config) -> batching.Data:
       images = transforms.ten_crop(padded, images.shape[1])
     return pixels.pixel_batch(images), evals.labels[indices]
 
-  scale = None
-  if d.std == 'channel':
-    stats = statistics.as_dict()
-    scale = transforms.scale_to_unit_std(
-        transforms.std_around(stats['mean'], stats['mean_square'], d.mean))
+  mean, scale = transforms.mean_and_scale(d, statistics.as_dict())
   return batching.Data(
-      info=info, mean=transforms.mean_to_subtract(statistics.mean(), d.mean), scale=scale,
+      info=info, mean=mean, scale=scale,
       loader=MemoryLoader(train, config.batch_size, config.seed, pad=pad, flip=d.flip),
       eval_read=eval_read)

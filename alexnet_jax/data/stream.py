@@ -219,7 +219,8 @@ def pixel_statistics(source, prepared_size: int = transforms.PREPARED_SIZE,
 def needs_statistics(d) -> bool:
   """Whether `config.data` subtracts a mean, divides by a standard deviation or takes the
   PCA from the training set."""
-  return d.mean != 'none' or d.std != 'none' or bool(d.pca_sigma and d.pca == 'statistics')
+  return (d.mean not in ('none', 'given') or d.std not in ('none', 'given') or
+          bool(d.pca_sigma and d.pca == 'statistics'))
 
 
 def _statistics(config, source) -> dict:
@@ -270,13 +271,7 @@ def load(config) -> batching.Data:
   train_source = sources.split_source(builder, d.train_split)
   eval_source = sources.split_source(builder, d.eval_split)
   stats = _statistics(config, train_source) if needs_statistics(d) else None
-  mean = np.zeros((d.channels,), np.float32)
-  if d.mean != 'none':
-    mean = transforms.mean_to_subtract(stats['mean'], d.mean)
-  scale = None
-  if d.std == 'channel':
-    scale = transforms.scale_to_unit_std(
-        transforms.std_around(stats['mean'], stats['mean_square'], d.mean))
+  mean, scale = transforms.mean_and_scale(d, stats)
   eigval, eigvec = transforms.IMAGENET_EIGVAL, transforms.IMAGENET_EIGVEC
   if d.pca == 'statistics' and d.pca_sigma:
     eigval, eigvec = stats['eigval'], stats['eigvec']

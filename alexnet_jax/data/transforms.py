@@ -347,8 +347,28 @@ def scale_to_unit_std(std: np.ndarray) -> np.ndarray:
   return (1.0 / np.maximum(np.asarray(std, np.float64), 1.0)).astype(np.float32)
 
 
-STD_MODES = ('none', 'channel')
-MEAN_MODES = ('pixel', 'channel', 'none')
+# 'given': the values of data.mean_values / data.std_values (per channel, 0-255 scale), those
+# a published network was trained with (Caffe's and torchvision's ImageNet means and stds).
+STD_MODES = ('none', 'channel', 'given')
+MEAN_MODES = ('pixel', 'channel', 'none', 'given')
+
+
+def mean_and_scale(d, stats: dict | None) -> tuple[np.ndarray, np.ndarray | None]:
+  """What the device subtracts and multiplies by for `config.data` `d`, from the training
+  set's statistics `stats` (None where `d` needs none) or the given values."""
+  if d.mean == 'given':
+    mean = np.asarray(d.mean_values, np.float32)
+  elif d.mean == 'none':
+    mean = np.zeros((d.channels,), np.float32)
+  else:
+    mean = mean_to_subtract(stats['mean'], d.mean)
+  scale = None
+  if d.std == 'given':
+    scale = (1.0 / np.asarray(d.std_values, np.float64)).astype(np.float32)
+  elif d.std == 'channel':
+    around = 'channel' if d.mean == 'given' else d.mean
+    scale = scale_to_unit_std(std_around(stats['mean'], stats['mean_square'], around))
+  return mean, scale
 
 
 def mean_to_subtract(mean_image: np.ndarray, mode: str) -> np.ndarray:
