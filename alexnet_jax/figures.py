@@ -124,3 +124,61 @@ def save_curves(workdir: str, out_dir: str) -> str | None:
   fig.savefig(path, dpi=DPI)
   plt.close(fig)
   return path
+
+
+def _show(ax, view: np.ndarray):
+  view = np.asarray(view)
+  ax.imshow(view[..., 0] if view.shape[-1] == 1 else view, cmap='gray' if view.shape[-1] == 1
+            else None, vmin=0, vmax=255, interpolation='nearest')
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def save_top5(views, labels, probs, names, path: str, title: str) -> str:
+  """Figure 4, left: each image over a bar chart of its five most probable classes, the
+  true class's bar red (as in the paper), its name under the image."""
+  plt = _pyplot()
+  n, cols = len(views), 4
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(2 * rows, cols, figsize=(3.0 * cols, 4.2 * rows), dpi=DPI,
+                           gridspec_kw={'height_ratios': [1.4, 1.0] * rows}, squeeze=False)
+  for ax in axes.ravel():
+    ax.axis('off')
+  for i in range(n):
+    r, c = divmod(i, cols)
+    image_ax, bar_ax = axes[2 * r, c], axes[2 * r + 1, c]
+    image_ax.axis('on')
+    _show(image_ax, views[i])
+    image_ax.set_xlabel(names[labels[i]], fontsize=9)
+    top = np.argsort(-probs[i])[:min(5, len(probs[i]))]
+    bar_ax.axis('on')
+    bar_ax.barh(range(len(top)), probs[i][top],
+                color=['tab:red' if k == labels[i] else 'tab:blue' for k in top])
+    bar_ax.set_yticks(range(len(top)), [names[k] for k in top], fontsize=8)
+    bar_ax.invert_yaxis()
+    bar_ax.set_xlim(0, 1)
+    bar_ax.tick_params(axis='x', labelsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  return path
+
+
+def save_neighbours(queries, query_labels, neighbours, neighbour_labels, names, path: str,
+                    title: str) -> str:
+  """Figure 4, right: each test image (first column) and its nearest training images."""
+  plt = _pyplot()
+  q, k = neighbours.shape[:2]
+  fig, axes = plt.subplots(q, k + 1, figsize=(1.6 * (k + 1), 1.8 * q), dpi=DPI, squeeze=False)
+  for i in range(q):
+    _show(axes[i, 0], queries[i])
+    axes[i, 0].set_xlabel(f'test: {names[query_labels[i]]}', fontsize=7, color='tab:red')
+    for j in range(k):
+      _show(axes[i, j + 1], neighbours[i, j])
+      axes[i, j + 1].set_xlabel(names[neighbour_labels[i, j]], fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=DPI)
+  plt.close(fig)
+  return path

@@ -16,11 +16,13 @@ import numpy as np
 
 from alexnet_jax import checkpoint_config
 from alexnet_jax import checkpointing
+from alexnet_jax import figure4
 from alexnet_jax import figures
 from alexnet_jax import model as model_lib
 from alexnet_jax import pixels
 from alexnet_jax import run_setup
 from alexnet_jax import sharding
+from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import ConfigError
 
@@ -51,8 +53,9 @@ def restore_params(config, workdir: str, step: int | None = None):
 
 def figures_for_checkpoint(config, workdir: str, step: int | None = None,
                            out_dir: str | None = None) -> list[str]:
-  """conv1's kernels of a checkpoint and the run's curves, into `out_dir` (default
-  <workdir>/figures/, which must then be writable)."""
+  """conv1's kernels of a checkpoint (the paper's Figure 3), its Figure 4 (`figure4`) and
+  the run's curves, into `out_dir` (default <workdir>/figures/, which must then be
+  writable)."""
   out_dir = out_dir or os.path.join(workdir, figures.FIGURES_DIR)
   existing = os.path.abspath(out_dir)
   while not os.path.exists(existing):
@@ -60,11 +63,19 @@ def figures_for_checkpoint(config, workdir: str, step: int | None = None,
   if not os.access(existing, os.W_OK | os.X_OK):
     raise ConfigError(f'Cannot write the figures into {out_dir} ({existing} is not writable); '
                       'name another directory with --figures_dir.')
-  params, meta, _ = restore_params(config, workdir, step)
+  params, meta, inputs = restore_params(config, workdir, step)
   if jax.process_index() != 0:
     return []
   paths = [figures.save_conv1(params['conv1']['kernel'], out_dir, int(meta['step']))]
   curves = figures.save_curves(workdir, out_dir)
+  # Figure 4 reads the dataset (test images, a sample of the training images), normalised
+  # with the mean and scale the checkpoint carries, as `predict` does.
+  scale = meta.get('input_scale')
+  paths += figure4.save(
+      jax.tree.map(jnp.asarray, params), run_setup.model_spec(config),
+      input_pipeline.load(config), np.asarray(inputs['mean'], np.float32),
+      None if scale is None else np.asarray(scale, np.float32), meta['class_names'], out_dir,
+      int(meta['step']), compute_dtype=run_setup.compute_dtype(config))
   return paths + ([curves] if curves else [])
 
 

@@ -227,7 +227,7 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
           conv_tower_axis: str | None = None,
           fc_tower_axis: str | None = None,
           fc_batch_axis: str | None = None,
-          compute_dtype=jnp.float32) -> jax.Array:
+          compute_dtype=jnp.float32, with_fc7: bool = False) -> jax.Array:
   """Logits (float32, or float64 for float64 compute) for a batch of NHWC images.
 
   Args:
@@ -244,6 +244,8 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
     fc_batch_axis: for the hybrid of "One weird trick": the conv stage saw a
       slice of the batch; gather the batch over this axis before fc6.
     compute_dtype: dtype of activations and matmuls (parameters are cast).
+    with_fc7: also return fc7's activations (B, T * units), the feature space of the
+      paper's Figure 4 (section 6.1); the towers held here only.
   """
   x = images.astype(compute_dtype)
   local_t = params['conv1']['kernel'].shape[0]
@@ -332,4 +334,5 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
   logits = sum((h @ w8[t].astype(compute_dtype)).astype(out_dtype) for t, h in enumerate(hs))
   if fc_tower_axis is not None:
     logits = jax.lax.psum(logits, fc_tower_axis)
-  return logits + params['fc8']['bias'].astype(out_dtype)
+  logits = logits + params['fc8']['bias'].astype(out_dtype)
+  return (logits, jnp.concatenate(hs, axis=-1)) if with_fc7 else logits

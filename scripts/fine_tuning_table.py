@@ -86,7 +86,8 @@ def main():
                     args.test_per_class, seed * n, args.manual_dir)
       batch = min(64, 5 * n)
       common = [data_dir, f'--config.seed={seed}', f'--config.batch_size={batch}',
-                f'--config.num_train_steps={args.tune_steps}']
+                f'--config.num_train_steps={args.tune_steps}',
+                f'--config.eval_every_steps={args.tune_steps // 5}']
       errors['tuned', n].append(train(
           'configs/image_folder_finetune.py', out / f'tuned_{n}' / f'seed{seed}', data,
           [*common, f'--config.init_from={pretrained}']))

@@ -210,9 +210,10 @@ def test_figures_at_evaluations_and_by_command(xla_cache, run):
   result = launch(xla_cache, run, *RUN, '--mode=figures', '--checkpoint_step=6', devices=1)
   assert result.returncode == 0, result.stderr[-3000:]
   written = [l.split(': ', 1)[1] for l in result.stdout.splitlines() if l.startswith('figure: ')]
-  assert written == [str(run / 'figures/conv1_step6.png'), str(run / 'figures/curves.png')]
+  assert written == [str(run / f'figures/{name}') for name in (
+      'conv1_step6.png', 'figure4_top5_step6.png', 'figure4_neighbours_step6.png', 'curves.png')]
   assert png_size(written[0]) == (w, 2 * h)  # two towers: two panels
-  assert png_size(written[1]) == tuple(s * figures.DPI for s in figures.CURVES_SIZE_IN)
+  assert png_size(written[-1]) == tuple(s * figures.DPI for s in figures.CURVES_SIZE_IN)
 
 
 def test_conv1_figure_has_one_panel_per_tower():

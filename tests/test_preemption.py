@@ -210,7 +210,8 @@ def test_a_read_only_workdir_can_be_evaluated_predicted_from_and_drawn(xla_cache
   assert 'name another directory with --figures_dir' in one_error_line(result)
   result = launch(xla_cache, workdir, *RUN, '--mode=figures', f'--figures_dir={tmp_path}/f')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert sorted(p.name for p in (tmp_path / 'f').iterdir()) == ['conv1_step8.png', 'curves.png']
+  assert sorted(p.name for p in (tmp_path / 'f').iterdir()) == [
+      'conv1_step8.png', 'curves.png', 'figure4_neighbours_step8.png', 'figure4_top5_step8.png']
   result = launch(xla_cache, workdir, *RUN)  # training needs to write
   assert 'not writable' in one_error_line(result)
 

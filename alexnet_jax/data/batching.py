@@ -45,6 +45,9 @@ class Data:
   eval_read: Callable[[np.ndarray, bool], tuple[dict, np.ndarray]]
   # Multiplies the normalised pixels on the device (C,): data.std=channel; None: 1.
   scale: np.ndarray | None = None
+  # indices -> (pixel_batch, labels) of training examples, seen as eval examples are (their
+  # centre views, no augmentation): the training images Figure 4 shows.
+  train_read: Callable[[np.ndarray], tuple[dict, np.ndarray]] | None = None
 
   def eval_batches(self, global_batch: int, image_sharding, label_sharding,
                    ten_crop: bool = False):

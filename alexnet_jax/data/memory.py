@@ -97,4 +97,6 @@ def load(config) -> batching.Data:
   return batching.Data(
       info=info, mean=mean, scale=scale,
       loader=MemoryLoader(train, config.batch_size, config.seed, pad=pad, flip=d.flip),
-      eval_read=eval_read)
+      eval_read=eval_read,
+      train_read=lambda indices: (pixels.pixel_batch(train.images[indices]),
+                                  train.labels[indices]))

@@ -22,6 +22,7 @@ skipping it would change the reported accuracy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from typing import Iterator, Sequence
@@ -286,4 +287,5 @@ def load(config) -> batching.Data:
       info=info, mean=mean, scale=scale,
       loader=StreamLoader(train_source, config.batch_size, config.seed, augment,
                           d.threads, d.processes, d.max_bad_records),
-      eval_read=eval_reader(eval_source, augment))
+      eval_read=eval_reader(eval_source, augment),
+      train_read=functools.partial(eval_reader(train_source, augment), ten_crop=False))
