@@ -231,8 +231,9 @@ def validate(config, layout: sharding.Layout) -> None:
   _validate_data(config)
   layout.check_batch(config.batch_size)
   layout.check_batch(config.eval_batch_size, 'eval_batch_size')
-  _validate_model(model_spec(config))
-  fine_tuning.frozen_layers(config.freeze, model_spec(config))
+  spec = model_spec(config)
+  _validate_model(spec)
+  fine_tuning.frozen_layers(config.freeze, spec)
 
 
 def _validate_model(spec: model_lib.AlexNetSpec) -> None:
