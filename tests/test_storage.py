@@ -144,7 +144,8 @@ def test_two_jobs_prepare_one_data_dir_at_once_and_both_train(tmp_path):
   logs = results[0].stderr + results[1].stderr
   assert logs.count('Storing the image folder') == 1, logs[-3000:]
   assert logs.count('Storing image_folder at 36x36') == 1, logs[-3000:]
-  assert 'Another process is preparing' in logs
+  # Whether the second job waited or found the data ready depends on when it started: both are
+  # right. The waiting itself is tested, deterministically, by the slow-builder test above.
 
 
 @pytest.mark.slow
