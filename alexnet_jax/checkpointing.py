@@ -51,6 +51,14 @@ ITEMS = ('state', 'meta', 'inputs')
 INPUTS = ('mean',)  # the host arrays of the `inputs` item
 
 
+def normalisation(meta: dict, inputs: dict):
+  """The (mean, scale) a checkpoint's training normalised its inputs with (`pixels.normalize`):
+  scale None is data.std=none, the paper's 0-255 scale."""
+  scale = meta.get('input_scale')
+  return (np.asarray(inputs['mean'], np.float32),
+          None if scale is None else np.asarray(scale, np.float32))
+
+
 class CorruptCheckpointError(Exception):
   """A step directory that fails to restore with evidence of damage (checkpoint_damage.py)
   or whose arrays fail the fingerprint."""
@@ -273,6 +281,13 @@ class Checkpoints:
   # ---- reading -----------------------------------------------------------------
   def read_meta(self, step: int) -> dict:
     return self.mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def read_normalisation(self, step: int):
+    """The (mean, scale) `step` was trained with (`normalisation`)."""
+    as_numpy = {name: ocp.RestoreArgs(restore_type=np.ndarray) for name in INPUTS}
+    meta, items = self._restore_step(step, lambda meta, path: None, {
+        'inputs': ocp.args.PyTreeRestore(restore_args=as_numpy)})
+    return normalisation(meta, items['inputs'])
 
   def _restore_step(self, step: int, check_meta: Callable[[dict, str], None], args: dict):
     """meta and the items of `args` of `step`; CorruptCheckpointError on evidence of damage,

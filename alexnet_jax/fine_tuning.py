@@ -10,6 +10,10 @@ anything is written. The optimizer state starts afresh (zero momentum) and
 the run counts its own steps from 0. A run that already has checkpoints resumes from them,
 so a preempted fine-tune continues where it was; `init_from` is read only to start.
 
+`config.init_from_inputs` (default True) normalises the new images as the source's were: its
+mean (image or channel values) and scale, which its features were learned on, rather than the
+new data's own (`inputs_for`). The new data's PCA lighting still comes from its own pixels.
+
 `config.freeze` names layers whose parameters the updates leave exactly as they are: the train
 step takes the gradient with respect to the other layers only (`steps.make_train_step`), so no
 weight gradient is computed for a frozen layer, nor any backward pass below the lowest
@@ -51,10 +55,11 @@ def frozen_layers(freeze, spec: model_lib.AlexNetSpec) -> tuple[str, ...]:
 @dataclasses.dataclass
 class Init:
   """What a fine-tune starts from: the loaded layers (host arrays), the layers that start
-  afresh, and where they came from."""
+  afresh, where they came from, and the source's input normalisation (mean, scale)."""
   params: dict
   fresh: tuple[str, ...]
   source: str
+  normalisation: tuple = (None, None)
 
 
 def _source(init_from: str) -> tuple[str, int | None]:
@@ -102,7 +107,36 @@ def load_init(init_from: str, spec: model_lib.AlexNetSpec, skip=()) -> Init:
   source = ckpts.path(meta['step'])
   logging.info('Fine-tuning from %s: %s loaded%s.', source, ', '.join(params),
                f'; {", ".join(fresh)} initialised afresh' if fresh else '')
-  return Init(params=params, fresh=fresh, source=source)
+  return Init(params=params, fresh=fresh, source=source,
+              normalisation=checkpointing.normalisation(meta, restored[1]))
+
+
+def pixel_mean_shape(d) -> tuple[int, int, int] | None:
+  """The shape of a per-pixel mean for `config.data` `d`: that of its prepared images (the
+  stream's data.prepared_size, memory's data.image_size); None where they vary in size."""
+  size = d.prepared_size if d.pipeline == 'stream' else d.image_size
+  return (size, size, d.channels) if size else None
+
+
+def inputs_for(normalisation, d, source: str):
+  """The source's (mean, scale), checked to fit `config.data` `d`; one sentence if not."""
+  mean, scale = normalisation
+  channels = mean.shape[-1]
+  if channels != d.channels or (scale is not None and scale.shape != (channels,)):
+    raise ConfigError(f'{source} was trained on images of {channels} channels, the config has '
+                      f'data.channels={d.channels}; match them, or set init_from_inputs=False '
+                      'to normalise with this data\'s own statistics.')
+  want = pixel_mean_shape(d)
+  if mean.ndim == 3 and mean.shape != want:
+    size = 'images of varying size' if want is None else f'{want[0]}x{want[1]} images'
+    raise ConfigError(f'{source} subtracts a mean image of {mean.shape[0]}x{mean.shape[1]}, '
+                      f'but this run prepares {size}; set data.prepared_size (stream) or '
+                      f'data.image_size (memory) to {mean.shape[0]}, or init_from_inputs=False '
+                      'to normalise with this data\'s own statistics.')
+  logging.info('Normalising the inputs as %s was trained: its %s mean%s.', source,
+               'per-pixel' if mean.ndim == 3 else 'per-channel',
+               '' if scale is None else ' and scale')
+  return mean, scale
 
 
 def _check_shapes(source: model_lib.AlexNetSpec, spec: model_lib.AlexNetSpec,

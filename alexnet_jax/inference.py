@@ -51,14 +51,6 @@ def restore_params(config, workdir: str, step: int | None = None):
   return params, meta, inputs
 
 
-def _normalisation(meta: dict, inputs: dict):
-  """The (mean, scale) a checkpoint's training normalised with; scale None: data.std=none,
-  the paper's 0-255 scale."""
-  scale = meta.get('input_scale')
-  return (np.asarray(inputs['mean'], np.float32),
-          None if scale is None else np.asarray(scale, np.float32))
-
-
 def figures_for_checkpoint(config, workdir: str, step: int | None = None,
                            out_dir: str | None = None) -> list[str]:
   """conv1's kernels of a checkpoint (the paper's Figure 3), its Figure 4 (`figure4`) and
@@ -78,7 +70,7 @@ def figures_for_checkpoint(config, workdir: str, step: int | None = None,
   curves = figures.save_curves(workdir, out_dir)
   # Figure 4 reads the dataset (test images, a sample of the training images), normalised
   # with the mean and scale the checkpoint carries, as `predict` does.
-  mean, scale = _normalisation(meta, inputs)
+  mean, scale = checkpointing.normalisation(meta, inputs)
   paths += figure4.save(
       jax.tree.map(jnp.asarray, params), run_setup.model_spec(config),
       input_pipeline.load(config), mean, scale, meta['class_names'], out_dir,
@@ -105,7 +97,7 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
     raise ConfigError('--images names no image files.')
   pil_images = [load_image(p) for p in paths]
   params, meta, inputs = restore_params(config, workdir, step)
-  mean, scale = _normalisation(meta, inputs)
+  mean, scale = checkpointing.normalisation(meta, inputs)
   d = config.data
   size = d.prepared_size or (mean.shape[0] if mean.ndim == 3 else d.image_size)
   views, windows = zip(*(transforms.centre_view(image, size, d.crop_size, d.channels)

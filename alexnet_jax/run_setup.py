@@ -9,6 +9,7 @@ so that any failure on the user's input leaves the workdir as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -27,6 +28,7 @@ from alexnet_jax import optimizer as optimizer_lib
 from alexnet_jax import sharding
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.data import decoders
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import stream
 from alexnet_jax.data import transforms
@@ -200,6 +202,14 @@ def _validate_data(config) -> None:
            f'equal the view size {size} (data.crop_size, else data.prepared_size).')
   _require(not d.prepared_size or d.crop_size <= d.prepared_size,
            f'data.crop_size={d.crop_size} is larger than data.prepared_size={d.prepared_size}.')
+  _one_of('data.storage', d.storage, ('jpeg', 'raw'))
+  _one_of('data.decoder', d.decoder, decoders.DECODERS[:2])
+  _require(d.storage == 'jpeg' or (d.prepare_once and d.prepared_size),
+           'data.storage=raw stores the images prepared once at data.prepared_size; set '
+           'data.prepare_once=True and data.prepared_size.')
+  _require(1 <= d.storage_quality <= 100,
+           f'data.storage_quality={d.storage_quality} must be a JPEG quality, 1 to 100.')
+  _require(decoders.unavailable(d.decoder) is None, decoders.unavailable(d.decoder) or '')
   _require(not d.statistics or os.path.isfile(os.path.expanduser(d.statistics)),
            f'data.statistics={d.statistics} is not a file (write one with '
            '`python -m scripts.compute_pixel_statistics`).')
@@ -326,6 +336,7 @@ class Setup:
     if writable:
       workdir_lib.check_space(workdir, checkpointing.state_bytes(abstract))
     self.state, self.meta, self.damaged, self.checkpoint_path = None, None, {}, None
+    normalisation = None
     ckpts = checkpointing.Checkpoints(workdir, read_only=True)
     try:
       if ckpts.steps():
@@ -333,6 +344,10 @@ class Setup:
             abstract, functools.partial(checkpoint_config.check, config, self.spec),
             checkpoint_step)
         self.checkpoint_path = ckpts.path(self.meta['step']) if self.meta else None
+      if self.meta is not None and config.init_from and config.init_from_inputs:
+        # A resumed fine-tune keeps the source's normalisation it saved, wherever the source
+        # is now.
+        normalisation = ckpts.read_normalisation(self.meta['step'])
     finally:
       ckpts.close()
     # Fine-tuning's weights, read (and their shapes checked) before anything is written.
@@ -340,8 +355,14 @@ class Setup:
     if config.init_from and self.meta is None and writable:
       self.init = fine_tuning.load_init(config.init_from, self.spec,
                                         tuple(config.init_from_skip))
+      normalisation = self.init.normalisation if config.init_from_inputs else None
     elif config.init_from and self.meta is not None:
       logging.info('Resuming from %s; init_from is read only to start.', self.checkpoint_path)
+    if normalisation is not None:
+      mean, scale = fine_tuning.inputs_for(normalisation, config.data,
+                                           self.init.source if self.init else
+                                           self.checkpoint_path)
+      self.data = dataclasses.replace(self.data, mean=mean, scale=scale)
     if self.damaged and self.meta is None and writable and not config.start_fresh_if_damaged:
       listed = '; '.join(f'{step}: {why}' for step, why in sorted(self.damaged.items()))
       raise checkpointing.NoCheckpointError(

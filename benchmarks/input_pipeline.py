@@ -1,39 +1,27 @@
-"""Input pipeline throughput: raw JPEG decode against the paper's full training pipeline.
+"""The stream loader's throughput for each storage and decoder, threads and processes.
 
-Run from the repository root:
+Run from the repository root (a quiet machine: it prints the load and the matmul peak):
 
-    python -m benchmarks.input_pipeline                  # 256 images; threads 2; processes 1,2
-    python -m benchmarks.input_pipeline --num_images=1024 --threads=2,4,8 --processes=4,8
+    python -m benchmarks.input_pipeline                       # every storage; t1,t2,p1,p2
+    python -m benchmarks.input_pipeline --workers=t1,t16,p16 --storages=q95-turbo,raw
 
-The images: `--num_images` ImageNet-sized JPEGs (about 500x375, quality 90) cut from a
-real photograph that a dependency ships (matplotlib's sample `grace_hopper.jpg`, 512x600):
-random windows rescaled to 440-520 x 330-400, so no two files are the same.
-
-Rows: in this process (one core), `--threads` decode threads (`data.threads`), and
-`--processes` grain worker processes of one thread each (`data.processes`). Columns:
-  (a) raw decode: Pillow `Image.open(...).convert('RGB')` of every file, on as many cores
-      as the row uses (in process, or a process pool of that size), returning the shape;
-  (b) full pipeline from the original JPEGs (`data.prepare_once=False`):
-      `stream.StreamLoader.host_batches` (decode, shorter side to 256 + central
-      crop, random 224 crop, the reflection and PCA draws: uint8 batches of `--batch`
-      with each view's window and PCA shift);
-  (c) the same pipeline on the images prepared once and stored as the paper did (shorter
-      side 256, central 256x256, JPEG quality 95; `data.prepare_once=True`, the default):
-      per epoch only the small decode and the crop remain. Its ratio is to (a), the
-      decode of the originals;
-  (d) the device half (reflection, per-pixel mean, PCA shift: `pixels.normalize`,
-      jitted) alone on this machine's default device, for the record: on a GPU it is part
-      of the train step.
-Raw decode: the best of `--repeats` passes over the files, after the pool has started.
-Pipelines: `--steps` batches in steady state after warm-up (start-up is not counted).
-"Per core" divides by the cores the row uses (threads or processes, at most the CPUs).
-The goal of issue 4 is the training pipeline at 80% or more of (a) per core.
+The images: `--num_images` ImageNet-sized JPEGs (about 480x365, quality 90) cut from a real
+photograph that a dependency ships (matplotlib's sample `grace_hopper.jpg`, 512x600), then
+stored as the loader stores them (`data.prepare_once`): shorter side 256, central 256x256,
+JPEG 4:4:4 at quality 95 or 90 (`data.storage_quality`), or raw uint8 (`data.storage=raw`).
+Each row is `stream.StreamLoader.host_batches` in steady state (decode, the random 224 crop,
+the reflection and PCA draws: uint8 batches of `--batch` with each view's window and shift)
+with `data.decoder` pillow or turbo (libjpeg-turbo through simplejpeg), `tN` N decode threads
+in this process or `pN` N grain worker processes: the median and spread ((max - min) /
+median) of `--repeats` runs of `--steps` batches after warm-up, per core, against one thread,
+and per core times `--project` cores (a projection that assumes the per-core rate holds).
+The last line is the device half (reflection, mean image, PCA shift; jitted) on this
+machine's default device, for the record: on a GPU it is part of the train step.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import io
 import os
 import time
@@ -41,7 +29,7 @@ import time
 import numpy as np
 
 from alexnet_jax import pixels
-from alexnet_jax.data import stream, transforms
+from alexnet_jax.data import decoders, stream, transforms
 
 
 def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -63,49 +51,29 @@ def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
   return out
 
 
-def _decode_shape(data: bytes):
-  from PIL import Image
-  return Image.open(io.BytesIO(data)).convert('RGB').size
-
-
-def raw_decode(jpegs: list[bytes], workers: int, repeats: int) -> float:
-  """Images/s decoding every file, best of `repeats` passes (the pool is started and
-  warmed up first)."""
-  best = float('inf')
-  if workers <= 0:
-    for _ in range(repeats):
-      start = time.perf_counter()
-      for data in jpegs:
-        _decode_shape(data)
-      best = min(best, time.perf_counter() - start)
-    return len(jpegs) / best
-  with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-    list(pool.map(_decode_shape, jpegs[:16 * workers], chunksize=4))
-    for _ in range(repeats):
-      start = time.perf_counter()
-      list(pool.map(_decode_shape, jpegs, chunksize=8))
-      best = min(best, time.perf_counter() - start)
-  return len(jpegs) / best
-
-
-def prepare(jpegs: list[bytes]) -> list[bytes]:
-  """The paper's stored images: shorter side 256, central 256x256, JPEG quality 95."""
+def prepare(jpegs: list[bytes], quality: int = 95) -> list[bytes]:
+  """The paper's stored images: shorter side 256, central 256x256, JPEG of `quality` (4:4:4,
+  as `builders.PreparedImages` stores them); quality 0: raw uint8 records."""
   from PIL import Image
   out = []
   for data in jpegs:
+    array = transforms.decode(data, 256)
+    if not quality:
+      out.append(decoders.to_raw(array))
+      continue
     buf = io.BytesIO()
-    Image.fromarray(transforms.decode(data, 256)).save(buf, 'JPEG', quality=95)
+    Image.fromarray(array).save(buf, 'JPEG', quality=quality, subsampling=0)
     out.append(buf.getvalue())
   return out
 
 
 def full_pipeline(jpegs: list[bytes], threads: int, processes: int, batch: int,
-                  steps: int) -> float:
+                  steps: int, decoder: str = 'pillow') -> float:
   """Images/s of the loader in steady state: `steps` batches timed after warm-up (worker
   start-up is not counted); epochs repeat over the files."""
   source = [{'image': data, 'label': i % 1000} for i, data in enumerate(jpegs)]
-  loader = stream.StreamLoader(source, batch, 0, stream.Augment(), threads=threads,
-                                       processes=processes)
+  loader = stream.StreamLoader(source, batch, 0, stream.Augment(decoder=decoder),
+                               threads=threads, processes=processes)
   warm = 2 * max(threads, processes, 1)
   batches = loader.host_batches(0, warm + steps)
   for _ in range(warm):
@@ -114,6 +82,12 @@ def full_pipeline(jpegs: list[bytes], threads: int, processes: int, batch: int,
   count = sum(len(y) for _, y in batches)
   assert count == steps * batch
   return count / (time.perf_counter() - start)
+
+
+def median_spread(rates: list[float]) -> tuple[float, float]:
+  """The median and the spread (max - min) / median of repeated runs."""
+  median = float(np.median(rates))
+  return median, (max(rates) - min(rates)) / median
 
 
 def device_normalize(batch: int, repeats: int = 20) -> float:
@@ -135,37 +109,58 @@ def device_normalize(batch: int, repeats: int = 20) -> float:
   return repeats * batch / (time.perf_counter() - start)
 
 
+# data.storage(_quality) and data.decoder of each row.
+STORAGES = {'q95-pillow': (95, 'pillow'), 'q95-turbo': (95, 'turbo'),
+            'q90-pillow': (90, 'pillow'), 'q90-turbo': (90, 'turbo'), 'raw': (0, 'raw')}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--num_images', type=int, default=256)
-  parser.add_argument('--threads', default='2', help='comma-separated thread counts')
-  parser.add_argument('--processes', default='1,2', help='comma-separated process counts')
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--repeats', type=int, default=2, help='raw decode passes')
-  parser.add_argument('--steps', type=int, default=16, help='timed pipeline batches')
+  parser.add_argument('--num_images', type=int, default=1024)
+  parser.add_argument('--storages', default=','.join(STORAGES), help=f'of {list(STORAGES)}')
+  parser.add_argument('--workers', default='t1,t2,p1,p2',
+                      help='tN: N decode threads in process, pN: N worker processes')
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--repeats', type=int, default=5, help='runs of each row: the median')
+  parser.add_argument('--steps', type=int, default=32, help='timed batches a run')
+  parser.add_argument('--project', type=int, default=16, help='cores to project to')
   args = parser.parse_args()
   from absl import flags
   flags.FLAGS.mark_as_parsed()
+  import jax.numpy as jnp
+  from benchmarks import machine, train_step
+  quiet = machine.Quiet()
   jpegs = make_jpegs(args.num_images)
-  sizes = np.array([transforms.decode(d, 0).shape[:2] for d in jpegs[:32]])
   cpus = os.cpu_count()
-  print(f'{len(jpegs)} JPEGs, mean {sizes[:, 1].mean():.0f}x{sizes[:, 0].mean():.0f}, '
-        f'{np.mean([len(d) for d in jpegs]) / 1024:.0f} KiB each; {cpus} CPUs')
-  prepared = prepare(jpegs)
-  rows = [('in process', 0, 0)]
-  rows += [(f'{t} threads', t, 0) for t in (int(x) for x in args.threads.split(',') if x)]
-  rows += [(f'{p} process{"es" if p > 1 else ""}', 1, p)
-           for p in (int(x) for x in args.processes.split(',') if x)]
-  print('| decoding | cores | (a) raw decode img/s | per core | (b) from originals img/s | '
-        '(b)/(a) | (c) from prepared 256 img/s | (c)/(a) |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|')
-  for name, threads, processes in rows:
-    cores = min(max(threads, processes, 1), cpus)
-    raw = raw_decode(jpegs, 0 if cores == 1 else cores, args.repeats)
-    full = full_pipeline(jpegs, threads, processes, args.batch, args.steps)
-    stored = full_pipeline(prepared, threads, processes, args.batch, args.steps)
-    print(f'| {name} | {cores} | {raw:.0f} | {raw / cores:.0f} | {full:.0f} | '
-          f'{full / raw:.2f} | {stored:.0f} | {stored / raw:.2f} |', flush=True)
+  print(f'{len(jpegs)} JPEGs of about 480x365 ({np.mean([len(d) for d in jpegs]) / 1024:.0f} '
+        f'KiB), stored at 256x256; {cpus} CPUs; load {quiet.load_before:.2f}; float32 matmul '
+        f'peak {train_step.matmul_peak(jnp.float32, 2048):.3g} FLOP/s')
+  quiet.start()
+  names = args.storages.split(',')
+  stored = {q: prepare(jpegs, q) for q in sorted({STORAGES[n][0] for n in names})}
+  for q, data in stored.items():
+    if q:
+      print(f'q{q}: {np.mean([len(d) for d in data]) / 1024:.1f} KiB an image')
+  print(f'| storage, decoder | workers | img/s, median of {args.repeats} | spread | per core '
+        f'| vs 1 thread | {args.project} cores, projected |')
+  print('|---|---|---:|---:|---:|---:|---:|')
+  for name in names:
+    quality, decoder = STORAGES[name]
+    one = None
+    for worker in args.workers.split(','):
+      n = int(worker[1:])
+      threads, processes = (n, 0) if worker[0] == 't' else (1, n)
+      rates = [full_pipeline(stored[quality], threads, processes, args.batch, args.steps,
+                             decoder) for _ in range(args.repeats)]
+      median, spread = median_spread(rates)
+      cores = min(n, cpus)
+      one = median if worker == 't1' else one
+      kind = 'threads' if worker[0] == 't' else 'processes'
+      print(f'| {name} | {n} {kind[:-1] if n == 1 else kind} | {median:,.0f} | {spread:.0%} | '
+            f'{median / cores:,.0f} | {"-" if one is None else format(median / one, ".2f")} | '
+            f'{median / cores * args.project:,.0f} |', flush=True)
+  quiet.stop()
+  print(f'quiet: {quiet.report()}')
   print(f'(d) device half (reflection, mean image, PCA shift; jitted) on '
         f'{__import__("jax").devices()[0].platform}: {device_normalize(args.batch):.0f} img/s')
 

@@ -12,9 +12,11 @@ was made with, which must be kept:
 * `small` (the default): a run of configs/image_folder.py (the narrow network, 32 of 36).
 
 The folder is read as configs/image_folder.py reads it (<split>/<class>/<image>). fc8 starts
-afresh for the folder's classes (init_from_skip), the optimizer and the step count from 0, and conv1-conv5 are
-frozen: on a few images per class, the pretrained features are kept and fc6-fc8 learn the
-classes (Donahue et al., 2014). `--config.freeze='()'` fine-tunes every layer.
+afresh for the folder's classes (init_from_skip), the optimizer and the step count from 0,
+and conv1-conv5 are frozen: on a few images per class, the pretrained features are kept and
+fc6-fc8 learn the classes (Donahue et al., 2014). `--config.freeze='()'` fine-tunes every layer. The inputs
+are normalised with the source checkpoint's mean and scale (init_from_inputs), which its
+features were learned on.
 """
 
 from configs import bvlc_alexnet, image_folder, torchvision_alexnet

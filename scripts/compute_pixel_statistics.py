@@ -39,7 +39,7 @@ def main(argv):
     source = sources.split_source(stream.training_builder(config), config.data.train_split)
     stats = stream.pixel_statistics(source, config.data.prepared_size,
                                        flags.FLAGS.limit or None, config.seed,
-                                       config.data.channels)
+                                       config.data.channels, stream.decoder_of(config.data))
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

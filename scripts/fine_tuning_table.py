@@ -8,8 +8,9 @@ resumes or skips what is done):
 * pretrain: configs/image_folder.py on all of classes 0-4's training images;
 * per seed k and size n: a folder of n training images per class of classes 5-9 (seed k picks
   the k-th slice of each class) and the same --test_per_class test images of 5-9 for all;
-* tuned: configs/image_folder_finetune.py from the pretrained workdir (new fc8, conv1-conv5
-  frozen); scratch: configs/image_folder.py with the same images, steps and seed.
+* frozen: configs/image_folder_finetune.py from the pretrained workdir (new fc8, conv1-conv5
+  frozen, the source's input normalisation); all: the same with no layer frozen; scratch:
+  configs/image_folder.py with the same images, steps and seed.
 It writes <out>/fine_tuning.md: centre-crop top-1 error on the test images, mean +- std over
 the seeds, and each run's figure.
 """
@@ -79,7 +80,11 @@ def main():
         flush=True)
 
   sizes = [int(n) for n in args.sizes.split(',')]
-  errors = {(kind, n): [] for kind in ('tuned', 'scratch') for n in sizes}
+  kinds = {'frozen': ('configs/image_folder_finetune.py', [f'--config.init_from={pretrained}']),
+           'all': ('configs/image_folder_finetune.py', [f'--config.init_from={pretrained}',
+                                                        '--config.freeze=()']),
+           'scratch': ('configs/image_folder.py', [])}
+  errors = {(kind, n): [] for kind in kinds for n in sizes}
   for n in sizes:
     for seed in range(args.seeds):
       data = folder(out / 'folders' / f'classes5-9_{n}_seed{seed}', '5-9', n,
@@ -88,24 +93,22 @@ def main():
       common = [data_dir, f'--config.seed={seed}', f'--config.batch_size={batch}',
                 f'--config.num_train_steps={args.tune_steps}',
                 f'--config.eval_every_steps={args.tune_steps // 5}']
-      errors['tuned', n].append(train(
-          'configs/image_folder_finetune.py', out / f'tuned_{n}' / f'seed{seed}', data,
-          [*common, f'--config.init_from={pretrained}']))
-      errors['scratch', n].append(train(
-          'configs/image_folder.py', out / f'scratch_{n}' / f'seed{seed}', data,
-          common))
-      print(f'{n} per class, seed {seed}: tuned {errors["tuned", n][-1]:.2%}, '
-            f'scratch {errors["scratch", n][-1]:.2%}', flush=True)
+      for kind, (config, extra) in kinds.items():
+        errors[kind, n].append(train(config, out / f'{kind}_{n}' / f'seed{seed}', data,
+                                     [*common, *extra]))
+      print(f'{n} per class, seed {seed}: ' + ', '.join(
+          f'{kind} {errors[kind, n][-1]:.2%}' for kind in kinds), flush=True)
 
   fmt = lambda e: (f'{100 * statistics.mean(e):.1f} ± {100 * statistics.stdev(e):.1f}'
                    if len(e) > 1 else f'{100 * e[0]:.1f}')
-  lines = ['| training images per class (classes 5-9) | fine-tuned from 0-4: top-1 error % '
-           '| from scratch: top-1 error % | seeds: fine-tuned | seeds: scratch |',
-           '|---|---|---|---|---|']
+  names = {'frozen': 'fine-tuned, convs frozen', 'all': 'fine-tuned, all layers',
+           'scratch': 'from scratch'}
+  lines = ['| training images per class (classes 5-9) | '
+           + ' | '.join(f'{names[k]}: top-1 error %' for k in kinds) + ' | seeds: '
+           + ' / '.join(kinds) + ' |', '|---|' + '---|' * (len(kinds) + 1)]
   for n in sizes:
-    lines.append(f'| {n} | {fmt(errors["tuned", n])} | {fmt(errors["scratch", n])} | '
-                 + ' / '.join(f'{100 * e:.1f}' for e in errors['tuned', n]) + ' | '
-                 + ' / '.join(f'{100 * e:.1f}' for e in errors['scratch', n]) + ' |')
+    lines.append(f'| {n} | ' + ' | '.join(fmt(errors[k, n]) for k in kinds) + ' | ' + '; '.join(
+        ' / '.join(f'{100 * e:.1f}' for e in errors[k, n]) for k in kinds) + ' |')
   table = '\n'.join(lines)
   note = (f'Pretrained on all of classes 0-4 ({args.pretrain_steps} steps): top-1 error '
           f'{100 * pre_error:.1f}% on their test images. Test: {args.test_per_class} images '

@@ -69,13 +69,19 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('storage', [
+    [], ['--config.data.storage=raw'], ['--config.data.decoder=turbo']],
+    ids=['jpeg-pillow', 'raw', 'jpeg-turbo'])
 def test_stream_pipeline_sigkill_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
-                                                                             tmp_path):
+                                                                             tmp_path, storage):
   """The same for the stream pipeline (an image folder decoded by 2 threads, random crops,
   reflections, PCA lighting, the mean image computed at start-up): the loader restarts at
-  the checkpoint's step and yields exactly the batches the uninterrupted run saw next."""
+  the checkpoint's step and yields exactly the batches the uninterrupted run saw next; with
+  the images stored as JPEG (Pillow or libjpeg-turbo decoding them) or raw."""
+  if 'turbo' in ''.join(storage):
+    pytest.importorskip('simplejpeg')
   helpers.make_small_folder(tmp_path / 'images', train=16, test=4)
-  overrides = [f'--config.data.folder={tmp_path / "images"}',
+  overrides = [*storage, f'--config.data.folder={tmp_path / "images"}',
                f'--config.data.data_dir={tmp_path / "tfds"}', '--config.batch_size=8',
                '--config.eval_batch_size=8', '--config.num_train_steps=6',
                '--config.checkpoint_every_steps=2', '--config.eval_every_steps=3',
@@ -94,6 +100,9 @@ def test_stream_pipeline_sigkill_then_rerun_is_bitwise_the_uninterrupted_run(xla
   assert [r['step'] for r in records(workdir, 'train/loss')] == list(range(1, 7))
   ref_losses = [r['train/loss'] for r in records(reference, 'train/loss')]
   assert [r['train/loss'] for r in records(workdir, 'train/loss')] == ref_losses
+  stored = {p.name for p in (tmp_path / 'tfds').rglob('*_36_*')}
+  assert any(name.endswith('_raw' if storage and 'raw' in storage[0] else '_q95')
+             for name in stored), stored
 
 
 # ---- a run on towers data=1 x model=2 that the next tests restore, damage and misuse ----------

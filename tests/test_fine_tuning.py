@@ -4,6 +4,7 @@ leave them bitwise), and `init_from` end to end through launch.py."""
 import re
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -120,3 +121,72 @@ def test_a_source_that_does_not_fit_fails_in_one_sentence_before_anything_is_wri
     error = one_error_line(helpers.launch(workdir, *BASE, *extra))
     assert error.count('. ') == 0, (case, error)
     assert snapshot(workdir) == before, case
+
+
+def saved_normalisation(workdir, step):
+  """The mean and input_scale a checkpoint holds, read with orbax and json directly."""
+  import json
+  import orbax.checkpoint as ocp
+  path = workdir.absolute() / 'checkpoints' / str(step)
+  inputs = ocp.PyTreeCheckpointer().restore(
+      path / 'inputs', args=ocp.args.PyTreeRestore(
+          restore_args={'mean': ocp.RestoreArgs(restore_type=np.ndarray)}))
+  meta = json.loads((path / 'meta' / 'metadata').read_text())
+  return np.asarray(inputs['mean']), meta.get('input_scale')
+
+
+@pytest.mark.slow
+def test_a_fine_tune_normalises_as_its_source_did_and_keeps_it_when_resumed(tmp_path):
+  """The source subtracted its training set's per-pixel mean and scaled to unit variance; a
+  fine-tune whose own config says data.mean=none and data.std=none still normalises as the
+  source did (init_from_inputs), resumed too; init_from_inputs=False takes its own (none)."""
+  source = tmp_path / 'source'
+  result = helpers.launch(source, *BASE, '--config.data.mean=pixel', '--config.data.std=channel')
+  assert result.returncode == 0, result.stderr[-3000:]
+  src_mean, src_scale = saved_normalisation(source, 4)
+  assert src_mean.ndim == 3 and np.abs(src_mean).max() > 1 and src_scale, src_mean.shape
+  tune = [*BASE, f'--config.init_from={source}', '--config.data.mean=none',
+          '--config.data.std=none']
+  result = helpers.launch(tmp_path / 'tune', *tune)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Normalising the inputs as' in result.stderr, result.stderr[-3000:]
+  mean, scale = saved_normalisation(tmp_path / 'tune', 4)
+  np.testing.assert_array_equal(mean, src_mean)
+  assert scale == src_scale
+  result = helpers.launch(tmp_path / 'tune', *tune, '--config.num_train_steps=8',
+                          f'--config.init_from={tmp_path / "gone"}')
+  assert result.returncode == 0 and 'Resumed from' in result.stderr, result.stderr[-3000:]
+  np.testing.assert_array_equal(saved_normalisation(tmp_path / 'tune', 8)[0], src_mean)
+  result = helpers.launch(tmp_path / 'own', *tune, '--config.init_from_inputs=False')
+  assert result.returncode == 0, result.stderr[-3000:]
+  mean, scale = saved_normalisation(tmp_path / 'own', 4)
+  assert mean.shape == (3,) and not mean.any() and scale is None
+
+
+@pytest.mark.parametrize('mean, scale, data, needs', [
+    ((36, 36, 3), None, dict(pipeline='stream', prepared_size=32), 'mean image of 36x36'),
+    ((36, 36, 3), None, dict(pipeline='stream', prepared_size=0), 'varying size'),
+    ((3,), (3,), dict(channels=1), '3 channels'),
+    ((32, 32, 3), None, dict(pipeline='memory', image_size=28), 'mean image of 32x32'),
+], ids=['prepared size', 'no prepared size', 'channels', 'memory size'])
+def test_a_source_normalisation_that_does_not_fit_fails_in_one_sentence(mean, scale, data,
+                                                                       needs):
+  from alexnet_jax import fine_tuning
+  from alexnet_jax.errors import ConfigError
+  d = ml_collections.ConfigDict(dict(dict(pipeline='stream', prepared_size=36, image_size=32,
+                                          channels=3), **data))
+  normalisation = (np.ones(mean, np.float32), None if scale is None else np.ones(scale))
+  with pytest.raises(ConfigError) as error:
+    fine_tuning.inputs_for(normalisation, d, '/src/checkpoints/4')
+  assert needs in str(error.value) and str(error.value).count('. ') == 0, error.value
+
+
+def test_a_source_normalisation_that_fits_is_taken_as_it_is():
+  from alexnet_jax import fine_tuning
+  d = ml_collections.ConfigDict(dict(pipeline='stream', prepared_size=36, image_size=32,
+                                     channels=3))
+  mean, scale = np.arange(36 * 36 * 3, dtype=np.float32).reshape(36, 36, 3), np.ones(3)
+  got = fine_tuning.inputs_for((mean, scale), d, 'src')
+  np.testing.assert_array_equal(got[0], mean)
+  got = fine_tuning.inputs_for((mean[0, 0], None), d, 'src')  # channel values fit any size
+  assert got[1] is None and got[0].shape == (3,)

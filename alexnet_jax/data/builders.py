@@ -186,7 +186,8 @@ class ImageFolderNoTF(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Images of a source dataset, resized and centre-cropped once
-  (`transforms.resize_and_centre_crop`) and stored as JPEG. Undecodable records of the
+  (`transforms.resize_and_centre_crop`) and stored as JPEG of `quality`, or with quality 0
+  as raw uint8 arrays (data.storage=raw: `decoders.to_raw`, read with no decoding). Undecodable records of the
   training split are left out (up to `max_bad_records`); any in another split is an error."""
 
   name = 'prepared_images'
@@ -197,25 +198,27 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def __init__(self, *, source, size: int, quality: int, max_bad_records: int = 100,
                train_split: str = 'train', **kwargs):
     self._source, self._size, self._quality = source, size, quality
+    self._raw = not quality
     self._max_bad, self._bad, self._train_split = max_bad_records, 0, train_split
     config = tfds.core.BuilderConfig(
         name=f'{source.name}_{source.builder_config.name + "_" if source.builder_config else ""}'
-             f'{source.version}_{size}_q{quality}'.replace('.', '_'))
+             f'{source.version}_{size}_{f"q{quality}" if quality else "raw"}'.replace('.', '_'))
     super().__init__(config=config, **kwargs)
     self._original_state = dict(kwargs, source=source, size=size, quality=quality,
                                 max_bad_records=max_bad_records, train_split=train_split)
 
   def _info(self):
     features = self._source.info.features
+    shape = (self._size, self._size, features['image'].shape[-1] or 3)
+    stored = (tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding='bytes')
+              if self._raw else tfds.features.Image(shape=shape, encoding_format='jpeg'))
     return tfds.core.DatasetInfo(
         builder=self,
         description=(f'{self._source.name} {self._source.version}: shorter side '
-                     f'{self._size}, central {self._size}x{self._size}, JPEG quality '
-                     f'{self._quality}, 4:4:4.'),
+                     f'{self._size}, central {self._size}x{self._size}, ' +
+                     ('raw uint8.' if self._raw else f'JPEG quality {self._quality}, 4:4:4.')),
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(
-                shape=(self._size, self._size, features['image'].shape[-1] or 3),
-                encoding_format='jpeg'),
+            'image': stored,
             'label': tfds.features.ClassLabel(names=features['label'].names),
         }),
         supervised_keys=('image', 'label'),
@@ -246,6 +249,9 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           raise BadDataError(f'{self._bad} records of {self._source.name} failed to decode, '
                              f'more than data.max_bad_records={self._max_bad}; the last: '
                              f'{split} record {i}{name}: {e}.') from e
+        continue
+      if self._raw:
+        yield i, {'image': array, 'label': int(example['label'])}
         continue
       out = io.BytesIO()
       Image.fromarray(array[..., 0] if channels == 1 else array).save(

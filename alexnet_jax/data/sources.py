@@ -162,7 +162,8 @@ def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
                     train_split: str = 'train', allow_no_locks: bool = False):
   """The paper's stored images ("optionally prepared once and stored"): every split of the
   prepared `source_builder` with images resized so that the shorter side is `size` and
-  centre-cropped to size x size, JPEG-encoded, as a tfds array_record dataset in
+  centre-cropped to size x size, JPEG-encoded at `quality` (0: stored raw, undecoded uint8
+  arrays, `decoders.from_raw`), as a tfds array_record dataset in
   `data_dir`, built on first use. Training then decodes small images and only crops.
   Records of `train_split` that fail to decode are left out with a warning, up to
   `max_bad_records` (-1: any), past which the preparation stops; one in any other split

@@ -31,6 +31,7 @@ import numpy as np
 
 from alexnet_jax import pixels
 from alexnet_jax.data import batching
+from alexnet_jax.data import decoders
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import BadDataError, ConfigError
@@ -48,9 +49,10 @@ class Augment:
   eigval: tuple[float, ...] = tuple(transforms.IMAGENET_EIGVAL)
   eigvec: tuple[tuple[float, ...], ...] = tuple(map(tuple, transforms.IMAGENET_EIGVEC))
   channels: int = 3
+  decoder: str = 'pillow'  # decoders.DECODERS: data.decoder, or 'raw' for data.storage=raw
 
   def prepare(self, record: dict) -> np.ndarray:
-    return transforms.decode(record['image'], self.prepared_size, self.channels)
+    return decoders.decode(record['image'], self.prepared_size, self.channels, self.decoder)
 
 
 def _get(source, indices: Sequence[int]) -> list[dict]:
@@ -195,7 +197,8 @@ def eval_reader(source, augment: Augment):
 
 
 def pixel_statistics(source, prepared_size: int = transforms.PREPARED_SIZE,
-                     limit: int | None = None, seed: int = 0, channels: int = 3) -> dict:
+                     limit: int | None = None, seed: int = 0, channels: int = 3,
+                     decoder: str = 'pillow') -> dict:
   """`transforms.PixelStatistics.as_dict()` of the prepared training images, over all
   records or `limit` of them drawn with `seed`, plus 'bad': records that failed to decode
   and were skipped."""
@@ -205,7 +208,8 @@ def pixel_statistics(source, prepared_size: int = transforms.PREPARED_SIZE,
   statistics, bad = transforms.PixelStatistics(), 0
   for i in order:
     try:
-      statistics.add(transforms.decode(source[int(i)]['image'], prepared_size, channels))
+      statistics.add(decoders.decode(source[int(i)]['image'], prepared_size, channels,
+                                     decoder))
     except transforms.DECODE_ERRORS as e:
       bad += 1
       logging.warning('pixel_statistics: skipped record %d (%s).', i, e)
@@ -244,7 +248,17 @@ def _statistics(config, source) -> dict:
   limit = d.statistics_examples or None
   logging.info('Computing the training set\'s pixel statistics over %d images.',
                min(limit or len(source), len(source)))
-  return pixel_statistics(source, d.prepared_size, limit, config.seed, d.channels)
+  return pixel_statistics(source, d.prepared_size, limit, config.seed, d.channels,
+                          decoder_of(d))
+
+
+def stored_raw(d) -> bool:
+  """Whether `config.data` reads the prepared images stored undecoded."""
+  return d.storage == 'raw' and bool(d.prepare_once and d.prepared_size)
+
+
+def decoder_of(d) -> str:
+  return 'raw' if stored_raw(d) else d.decoder
 
 
 def training_builder(config):
@@ -257,6 +271,7 @@ def training_builder(config):
                                   (d.train_split, d.eval_split), config.allow_no_file_locks)
     if d.prepare_once and d.prepared_size:
       builder = sources.prepare_resized(builder, d.data_dir, d.prepared_size,
+                                        quality=0 if stored_raw(d) else d.storage_quality,
                                         max_bad_records=d.max_bad_records,
                                         train_split=d.train_split,
                                         allow_no_locks=config.allow_no_file_locks)
@@ -278,7 +293,8 @@ def load(config) -> batching.Data:
     eigval, eigvec = stats['eigval'], stats['eigvec']
   augment = Augment(prepared_size=d.prepared_size, crop_size=d.crop_size, flip=d.flip,
                     pca_sigma=d.pca_sigma, eigval=tuple(np.asarray(eigval, float)),
-                    eigvec=tuple(map(tuple, np.asarray(eigvec, float))), channels=d.channels)
+                    eigvec=tuple(map(tuple, np.asarray(eigvec, float))), channels=d.channels,
+                    decoder=decoder_of(d))
   names = sources.class_names(builder)
   info = batching.DataInfo(num_classes=len(names), image_size=d.image_size,
                            channels=d.channels, num_train=len(train_source),
