@@ -5,6 +5,11 @@ window it was cut from in the prepared image and its PCA shift. The float work (
 mean subtraction, the shift) runs on the device inside the step (`normalize`): the host moves
 a quarter of the bytes of float32 and does no arithmetic on pixels.
 
+With the decode on the device (`data.decode_on=device`, `alexnet_jax/data/device_decode.py`)
+the host sends only the stored JPEG bytes with the same windows and shifts; the device
+decodes the prepared images, and the step cuts each view from its image (`device_crops`),
+so the batch the network sees is the one the host would have cut.
+
 This module is the contract between the loaders (`alexnet_jax.data`) and the steps
 (`alexnet_jax.steps`); it imports neither.
 """
@@ -28,19 +33,34 @@ def pixel_batch(pixels: np.ndarray, window: np.ndarray | None = None,
           'shift': np.zeros((*lead, channels), np.float32) if shift is None else shift}
 
 
-def normalize(images, mean, scale=None) -> jax.Array:
+def device_crops(prepared, window, size: int) -> jax.Array:
+  """The views of a device-decoded batch: the size x size window at each row's (top, left)
+  of its prepared image (B, H, W, C), cut on the device. The host drew the windows inside
+  the image, as for a host crop (`transforms.train_window`)."""
+  channels = prepared.shape[-1]
+  cut = lambda image, w: jax.lax.dynamic_slice(image, (w[0], w[1], 0), (size, size, channels))
+  return jax.vmap(cut)(prepared, window)
+
+
+def normalize(images, mean, scale=None, crop_size: int | None = None) -> jax.Array:
   """The network's float32 input from a `pixel_batch` (on the device, inside the step):
   pixels minus the mean under each view's window, reflected where the window says so, plus
   the view's PCA shift, all times `scale`. `mean` is per pixel of the prepared image
   (H, W, C), per channel (C,), or None; `scale` per channel (C,) (data.std=channel: one over
   the training set's standard deviation around that mean) or None (the paper: 0-255 less
-  the mean). Float32 `images` are taken as already normalised."""
+  the mean). Float32 `images` are taken as already normalised. A device-decoded batch
+  ('prepared' images instead of 'pixels') has its views cut first, `crop_size` square."""
   if not isinstance(images, dict):
     return images
-  pixels = images['pixels']
+  window = images['window']
+  if 'prepared' in images:
+    if not crop_size:
+      raise ValueError('A device-decoded batch needs the crop size of its views.')
+    pixels = device_crops(images['prepared'], window, crop_size)
+  else:
+    pixels = images['pixels']
   size, channels = pixels.shape[-3], pixels.shape[-1]
   x = pixels.astype(jnp.float32)
-  window = images['window']
   if mean is not None:
     mean = jnp.asarray(mean, jnp.float32)
     if mean.ndim == 3:  # per pixel: the window of the view

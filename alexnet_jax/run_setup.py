@@ -29,6 +29,7 @@ from alexnet_jax import sharding
 from alexnet_jax import steps as steps_lib
 from alexnet_jax import workdir as workdir_lib
 from alexnet_jax.data import decoders
+from alexnet_jax.data import device_decode
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import stream
 from alexnet_jax.data import transforms
@@ -203,7 +204,18 @@ def _validate_data(config) -> None:
   _require(not d.prepared_size or d.crop_size <= d.prepared_size,
            f'data.crop_size={d.crop_size} is larger than data.prepared_size={d.prepared_size}.')
   _one_of('data.storage', d.storage, ('jpeg', 'raw'))
-  _one_of('data.decoder', d.decoder, decoders.DECODERS[:2])
+  _one_of('data.decode_on', d.decode_on, device_decode.PLACES)
+  if d.decode_on == 'device':
+    _one_of('data.decoder', d.decoder, device_decode.DEVICE_DECODERS)
+    _require(d.prepare_once and d.prepared_size and d.crop_size and d.storage == 'jpeg'
+             and not d.processes,
+             'data.decode_on=device decodes the JPEGs stored once at data.prepared_size and '
+             'cuts data.crop_size views in the step; set data.prepare_once=True, '
+             'data.prepared_size, data.crop_size, data.storage=jpeg and data.processes=0.')
+    _require(device_decode.unavailable(d.decoder) is None,
+             device_decode.unavailable(d.decoder) or '')
+  else:
+    _one_of('data.decoder', d.decoder, decoders.DECODERS[:2])
   _require(d.storage == 'jpeg' or (d.prepare_once and d.prepared_size),
            'data.storage=raw stores the images prepared once at data.prepared_size; set '
            'data.prepare_once=True and data.prepared_size.')

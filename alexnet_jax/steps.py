@@ -112,7 +112,7 @@ def make_train_step(spec: model_lib.AlexNetSpec, layout: Layout,
   grad_norm = grad_norm or skip_nonfinite
 
   def local_loss(params, images, labels, key):
-    images = pixels.normalize(images, mean, scale)
+    images = pixels.normalize(images, mean, scale, crop_size=spec.image_size)
     local_b = labels.shape[0]
     logits = model_lib.apply(params, images, spec, train=True, dropout_key=key,
                              example_ids=layout.example_ids(local_b),

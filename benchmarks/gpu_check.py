@@ -60,7 +60,7 @@ VERSIONS = ('jax', 'jaxlib', 'jax-cuda13-plugin', 'jax-cuda12-plugin', 'flax', '
 # Estimated seconds on an H200 (from CPU compile counts; the first GPU run replaces them).
 # The train step's (batch, dtype) groups take what the later stages' estimates leave.
 ESTIMATE_S = {'environment': 15, 'tests': 45, 'switches': 60, 'roofline': 30, 'layers': 30,
-              'input': 40, 'train_run': 45}
+              'input': 60, 'train_run': 45}
 
 FLAGS = flags.FLAGS
 
@@ -104,7 +104,7 @@ class Plan:
       self.groups = [(512, 'bfloat16'), (2048, 'bfloat16'), (2048, 'float32'),
                      (128, 'bfloat16'), (512, 'float32'), (128, 'float32')]
       self.steps, self.warmup, self.repeats = 20, 5, 5
-      self.input = dict(images=2048, workers=16, batch=256, steps=48)
+      self.input = dict(images=2048, workers=16, batch=256, steps=32)
       self.train_run = ['--config.batch_size=128', '--config.eval_batch_size=128',
                         '--config.num_train_steps=60', '--config.log_every_steps=20',
                         '--config.eval_every_steps=60', '--config.checkpoint_every_steps=60',

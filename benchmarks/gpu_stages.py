@@ -139,20 +139,45 @@ def layers(rep, entry, plan, batch: int, bounds: dict | None) -> None:
 
 
 def input_stage(rep, entry, plan, step_rate: float | None) -> None:
+  """The stream loader's storages and decoders with `workers` threads and processes, and
+  JPEG decoding on the device (nvImageCodec where installed, else the Pillow stand-in),
+  against the step's img/s (issue 26)."""
+  import importlib.util
   from benchmarks import input_pipeline as ip
   p = plan.input
-  prepared = ip.prepare(ip.make_jpegs(p['images']))
+  jpegs = ip.make_jpegs(p['images'])
+  stored = {q: ip.prepare(jpegs, q) for q in (95, 90, 0)}
+  turbo = importlib.util.find_spec('simplejpeg') is not None
   rows = []
-  for name, threads, processes in [('1 process', 1, 1), (f"{p['workers']} processes", 1,
-                                                         p['workers']),
-                                   (f"{p['workers']} threads", p['workers'], 0)]:
-    rate = ip.full_pipeline(prepared, threads, processes, p['batch'], p['steps'])
-    rows.append({'loader': name, 'img_per_s': rate,
+  plan_rows = [('q95-pillow', 1, 1)]
+  for name in ('q95-pillow', 'q95-turbo', 'q90-turbo', 'raw'):
+    if 'turbo' in name and not turbo:
+      continue
+    plan_rows += [(name, p['workers'], 0), (name, 1, p['workers'])]
+  for name, threads, processes in plan_rows:
+    quality, decoder = ip.STORAGES[name]
+    rate = ip.full_pipeline(stored[quality], threads, processes, p['batch'], p['steps'],
+                            decoder)
+    workers = f'{processes} process{"es" if processes > 1 else ""}' if processes else f'{threads} threads'
+    rows.append({'storage': name, 'workers': workers, 'img_per_s': rate,
                  'vs_step': rate / step_rate if step_rate else None})
     rep.add(entry, 'rows', rows)
-  entry['markdown'].append('\n'.join(
-      ['| stream loader, prepared 256x256 JPEGs | img/s | loader / step |', '|---|---:|---:|'] +
-      [f"| {r['loader']} | {r['img_per_s']:,.0f} | "
-       f"{'-' if r['vs_step'] is None else format(r['vs_step'], '.2f')} |" for r in rows]) +
-      (f'\n\nThe step at the best batch: {step_rate:,.0f} img/s.' if step_rate else ''))
+  table = ['| storage, decoder | workers | img/s | loader / step |', '|---|---|---:|---:|']
+  table += [f"| {r['storage']} | {r['workers']} | {r['img_per_s']:,.0f} | "
+            f"{'-' if r['vs_step'] is None else format(r['vs_step'], '.2f')} |" for r in rows]
+  entry['markdown'].append('\n'.join(table) + (
+      f'\n\nThe step at the best batch: {step_rate:,.0f} img/s.' if step_rate else ''))
   rep.write()
+  from alexnet_jax.data import device_decode as dd
+  decoder = 'nvimgcodec' if dd.unavailable('nvimgcodec') is None else 'pillow'
+  try:
+    result = ip.device_decode(stored[95], decoder, p['batch'], p['steps'])
+  except Exception as e:  # pylint: disable=broad-except
+    result = {'error': f'{type(e).__name__}: {e}'}
+  result['decoder'] = decoder
+  which = decoder if decoder == 'nvimgcodec' else 'the Pillow stand-in: no nvImageCodec here'
+  figures = result.get('error') or (
+      f"{result['img_per_s']:,.0f} img/s; against Pillow max |diff| "
+      f"{result['max_abs_diff']}, {result['frac_over_2']:.2%} of values over 2")
+  rep.add(entry, 'device_decode', result,
+          f'Device decode ({which}), q95 256x256 at batch {p["batch"]}: {figures}.')

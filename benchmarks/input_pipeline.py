@@ -84,6 +84,29 @@ def full_pipeline(jpegs: list[bytes], threads: int, processes: int, batch: int,
   return count / (time.perf_counter() - start)
 
 
+def device_decode(stored: list[bytes], decoder: str, batch: int, steps: int) -> dict:
+  """data.decode_on=device with `decoder` on the default device: the decoded images against
+  Pillow's (max |difference|, the fraction of values more than 2 levels apart: JPEG
+  decoders agree within about 2), and img/s of the decode alone, timed to the last image
+  being ready, in steady state."""
+  import jax
+  from alexnet_jax.data import device_decode as dd
+  dec = dd.make(decoder, 256, 3)
+  device = jax.devices()[0]
+  got = np.asarray(dec.decode(stored[:batch], device)).astype(np.int16)
+  want = np.stack([transforms.decode(d, 256) for d in stored[:batch]]).astype(np.int16)
+  diff = np.abs(got - want)
+  chunks = [stored[i * batch % len(stored):][:batch] for i in range(steps)]
+  chunks = [c for c in chunks if len(c) == batch] or [stored[:batch]]
+  dec.decode(chunks[0], device).block_until_ready()
+  start = time.perf_counter()
+  for c in chunks:
+    out = dec.decode(c, device)
+  out.block_until_ready()
+  return {'max_abs_diff': int(diff.max()), 'frac_over_2': float((diff > 2).mean()),
+          'img_per_s': len(chunks) * batch / (time.perf_counter() - start)}
+
+
 def median_spread(rates: list[float]) -> tuple[float, float]:
   """The median and the spread (max - min) / median of repeated runs."""
   median = float(np.median(rates))

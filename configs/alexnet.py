@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.storage_quality = 95
   # pillow | turbo (libjpeg-turbo through simplejpeg, for plain JPEGs): what decodes them.
   config.data.decoder = 'pillow'
+  # host: the loader decodes and crops; device: the devices decode the stored JPEGs of each
+  # batch and the step cuts the views (alexnet_jax/data/device_decode.py), with
+  # data.decoder=nvimgcodec on a GPU (pillow and turbo: host stand-ins, for tests).
+  config.data.decode_on = 'host'
   config.data.crop_size = 224  # random crops to train, the centre / 10 crops to test; 0: off
   config.data.flip = True  # random horizontal reflections (section 4.1)
   config.data.pca_sigma = 0.1  # PCA colour augmentation (section 4.1); 0: off

@@ -70,14 +70,16 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
 
 @pytest.mark.slow
 @pytest.mark.parametrize('storage', [
-    [], ['--config.data.storage=raw'], ['--config.data.decoder=turbo']],
-    ids=['jpeg-pillow', 'raw', 'jpeg-turbo'])
+    [], ['--config.data.storage=raw'], ['--config.data.decoder=turbo'],
+    ['--config.data.decode_on=device']],
+    ids=['jpeg-pillow', 'raw', 'jpeg-turbo', 'jpeg-device-pillow'])
 def test_stream_pipeline_sigkill_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
                                                                              tmp_path, storage):
   """The same for the stream pipeline (an image folder decoded by 2 threads, random crops,
   reflections, PCA lighting, the mean image computed at start-up): the loader restarts at
   the checkpoint's step and yields exactly the batches the uninterrupted run saw next; with
-  the images stored as JPEG (Pillow or libjpeg-turbo decoding them) or raw."""
+  the images stored as JPEG (Pillow or libjpeg-turbo decoding them, on the host or through
+  the device-decode path's stand-in) or raw."""
   if 'turbo' in ''.join(storage):
     pytest.importorskip('simplejpeg')
   helpers.make_small_folder(tmp_path / 'images', train=16, test=4)

@@ -37,8 +37,14 @@ def test_the_dry_run_runs_every_stage_and_writes_its_report(tmp_path):
   roofline = stages['roofline']['results']['roofline']
   assert len(roofline['layers']) == 15 and roofline['step']['H200']['img_per_s'] > 0
   assert len(stages['layers']['results']['rows']) == 15
-  assert [r['loader'] for r in stages['input']['results']['rows']] == [
-      '1 process', '2 processes', '2 threads']
+  storages = ['q95-pillow', 'q95-turbo', 'q90-turbo', 'raw']
+  assert [(r['storage'], r['workers']) for r in stages['input']['results']['rows']] == [
+      ('q95-pillow', '1 process')] + [(s, w) for s in storages
+                                        for w in ('2 threads', '2 processes')]
+  assert all(r['img_per_s'] > 0 for r in stages['input']['results']['rows'])
+  decode = stages['input']['results']['device_decode']
+  # The Pillow stand-in decodes as Pillow does: no difference at all.
+  assert decode['decoder'] == 'pillow' and decode['max_abs_diff'] == 0, decode
   assert stages['train_run']['results']['train_run']['exit_code'] == 0
   markdown = (tmp_path / 'gc' / 'report.md').read_text()
   for name in stages:

@@ -181,13 +181,18 @@ class EpochOrder:
     for step in range(start_step, start_step + num_steps):
       yield self.host_batch(step, image_rows, label_rows)
 
+  def place_images(self, images: dict, sharding, rows: slice):
+    """The global image batch from this process's rows `rows` (in the prefetch thread)."""
+    del rows
+    return to_global(images, sharding, self.global_batch)
+
   def batches(self, start_step: int, num_steps: int, image_sharding, label_sharding,
               prefetch_size: int = 2) -> Iterator[tuple[dict, Any]]:
     """Global batches start_step .. start_step + num_steps - 1 placed with the shardings
     (each process makes only its rows), `prefetch_size` ahead in a background thread."""
     rows = (process_rows(image_sharding, self.global_batch),
             process_rows(label_sharding, self.global_batch))
-    placed = ((to_global(images, image_sharding, self.global_batch),
+    placed = ((self.place_images(images, image_sharding, rows[0]),
                to_global(labels, label_sharding, self.global_batch))
               for images, labels in self.host_batches(start_step, num_steps, *rows))
     yield from prefetch(placed, prefetch_size)

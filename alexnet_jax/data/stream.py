@@ -66,8 +66,12 @@ class StreamLoader(batching.EpochOrder):
   """Deterministic, resumable training batches decoded from a random-access source."""
 
   def __init__(self, source, global_batch: int, seed: int, augment: Augment = Augment(),
-               threads: int = 0, processes: int = 0, max_bad_records: int = 100):
+               threads: int = 0, processes: int = 0, max_bad_records: int = 100,
+               device_decoder=None):
+    """`device_decoder` (`device_decode.make`): batches carry the stored bytes, which the
+    devices decode (data.decode_on=device); None: the host decodes."""
     super().__init__(len(source), global_batch, seed)
+    self.device_decoder = device_decoder
     self.source, self.augment = source, augment
     self.threads, self.processes = threads, processes
     self.max_bad_records = max_bad_records
@@ -97,7 +101,36 @@ class StreamLoader(batching.EpochOrder):
         record = self.source[int(index)]
     raise BadDataError('No record of the training set can be decoded.')
 
+  def read_encoded(self, step: int, rows: slice):
+    """Rows `rows` of batch `step` as the stored bytes with the views' windows and shifts
+    (`transforms.train_window`, drawn as `view` draws them), for the device to decode."""
+    idx = self.indices(step)[rows]
+    a = self.augment
+    shape = (a.prepared_size, a.prepared_size, a.channels)
+    encoded = np.empty((len(idx),), object)
+    window = np.empty((len(idx), 3), np.int32)
+    shift = np.empty((len(idx), a.channels), np.float32)
+    labels = np.empty((len(idx),), np.int32)
+    for row, record in enumerate(_get(self.source, idx)):
+      encoded[row], labels[row] = record['image'], record['label']
+      window[row], shift[row] = transforms.train_window(
+          shape, np.random.default_rng([self.seed, step, rows.start + row]),
+          crop_size=a.crop_size or None, flip=a.flip, pca_sigma=a.pca_sigma,
+          eigval=self._eigval, eigvec=self._eigvec)
+    return {'encoded': encoded, 'window': window, 'shift': shift}, labels, []
+
+  def place_images(self, images: dict, sharding, rows: slice):
+    if self.device_decoder is None:
+      return super().place_images(images, sharding, rows)
+    from alexnet_jax.data import device_decode
+    return {'prepared': device_decode.place(images['encoded'], self.device_decoder, sharding,
+                                            self.global_batch, rows),
+            **{k: batching.to_global(images[k], sharding, self.global_batch)
+               for k in ('window', 'shift')}}
+
   def read(self, step: int, rows: slice):
+    if self.device_decoder is not None:
+      return self.read_encoded(step, rows)
     idx = self.indices(step)[rows]
     bad: dict[int, str] = {}
     n = rows.stop - rows.start
@@ -258,7 +291,22 @@ def stored_raw(d) -> bool:
 
 
 def decoder_of(d) -> str:
-  return 'raw' if stored_raw(d) else d.decoder
+  """What decodes the images on the host: training (data.decode_on=host), evaluation and
+  the pixel statistics."""
+  if stored_raw(d):
+    return 'raw'
+  if d.decode_on == 'device':
+    from alexnet_jax.data import device_decode
+    return device_decode.host_decoder(d.decoder)
+  return d.decoder
+
+
+def device_decoder_of(d):
+  """The device decoder of data.decode_on=device, else None."""
+  if d.decode_on != 'device':
+    return None
+  from alexnet_jax.data import device_decode
+  return device_decode.make(d.decoder, d.prepared_size, d.channels)
 
 
 def training_builder(config):
@@ -302,6 +350,6 @@ def load(config) -> batching.Data:
   return batching.Data(
       info=info, mean=mean, scale=scale,
       loader=StreamLoader(train_source, config.batch_size, config.seed, augment,
-                          d.threads, d.processes, d.max_bad_records),
+                          d.threads, d.processes, d.max_bad_records, device_decoder_of(d)),
       eval_read=eval_reader(eval_source, augment),
       train_read=functools.partial(eval_reader(train_source, augment), ten_crop=False))

@@ -189,30 +189,38 @@ def pca_shift(rng: np.random.Generator, sigma: float = 0.1, eigval=IMAGENET_EIGV
   return (np.asarray(eigvec) @ (alpha * np.asarray(eigval)) * scale).astype(np.float32)
 
 
+def train_window(shape, rng: np.random.Generator, crop_size: int | None = CROP_SIZE,
+                 flip: bool = True, pca_sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
+                 eigvec=IMAGENET_EIGVEC):
+  """The draws of one training view of a prepared image of `shape` (H, W, C), with no pixel
+  touched: a random crop offset (`crop_size` None: off), whether to reflect (`flip`: with
+  probability 1/2) and the PCA shift (`pca_sigma` 0: off), from `rng` in that order.
+  Returns (window, shift): window = (top, left, reflected); the float32 shift (C,)."""
+  top = left = 0
+  if crop_size is not None:
+    top, left = random_crop_offset(shape, crop_size, rng)
+  reflected = bool(flip and rng.random() < 0.5)
+  shift = np.zeros((shape[-1],), np.float32)
+  if pca_sigma:
+    if shape[-1] != 3:
+      raise ValueError(f'PCA lighting needs RGB images, not {shape[-1]} channels.')
+    shift = pca_shift(rng, pca_sigma, eigval, eigvec)
+  return np.array([top, left, reflected], np.int32), shift
+
+
 def train_crop(image: np.ndarray, rng: np.random.Generator, crop_size: int | None = CROP_SIZE,
                flip: bool = True, pca_sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
                eigvec=IMAGENET_EIGVEC):
-  """The host's half of one training view of a prepared image: a random crop (`crop_size`
-  None: off) of the uint8 image, whether to reflect it (`flip`: with probability 1/2) and
-  the PCA shift (`pca_sigma` 0: off). The generator is used in that order: crop offset,
-  reflection, PCA.
+  """The host's half of one training view of a prepared image: `train_window`'s draws and
+  the crop they select.
 
   Returns (crop, window, shift): the uint8 crop, unreflected (a view of `image`; a reflected
   copy costs numpy 25x a plain one, 3-byte runs); window = (top, left, reflected), which says
   where the per-pixel mean is taken from and whether view and mean are reflected; the
   float32 shift (C,) to add to every pixel."""
-  top = left = 0
-  view = image
-  if crop_size is not None:
-    top, left = random_crop_offset(image.shape, crop_size, rng)
-    view = crop(view, top, left, crop_size)
-  reflected = bool(flip and rng.random() < 0.5)
-  shift = np.zeros((image.shape[-1],), np.float32)
-  if pca_sigma:
-    if image.shape[-1] != 3:
-      raise ValueError(f'PCA lighting needs RGB images, not {image.shape[-1]} channels.')
-    shift = pca_shift(rng, pca_sigma, eigval, eigvec)
-  return view, np.array([top, left, reflected], np.int32), shift
+  window, shift = train_window(image.shape, rng, crop_size, flip, pca_sigma, eigval, eigvec)
+  view = image if crop_size is None else crop(image, int(window[0]), int(window[1]), crop_size)
+  return view, window, shift
 
 
 # ---- test views ---------------------------------------------------------------------
