@@ -36,7 +36,7 @@ def pixel_batch(pixels: np.ndarray, window: np.ndarray | None = None,
 def device_crops(prepared, window, size: int) -> jax.Array:
   """The views of a device-decoded batch: the size x size window at each row's (top, left)
   of its prepared image (B, H, W, C), cut on the device. The host drew the windows inside
-  the image, as for a host crop (`transforms.train_window`)."""
+  the image, as for a host crop (`transforms.TrainDraws.windows`)."""
   channels = prepared.shape[-1]
   cut = lambda image, w: jax.lax.dynamic_slice(image, (w[0], w[1], 0), (size, size, channels))
   return jax.vmap(cut)(prepared, window)

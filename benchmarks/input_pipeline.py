@@ -79,9 +79,11 @@ def full_pipeline(jpegs: list[bytes], threads: int, processes: int, batch: int,
   for _ in range(warm):
     next(batches)
   start = time.perf_counter()
-  count = sum(len(y) for _, y in batches)
+  count = sum(len(next(batches)[1]) for _ in range(steps))
+  elapsed = time.perf_counter() - start  # to the last batch: the workers' shutdown is not timed
+  batches.close()
   assert count == steps * batch
-  return count / (time.perf_counter() - start)
+  return count / elapsed
 
 
 def device_decode(stored: list[bytes], decoder: str, batch: int, steps: int) -> dict:
@@ -178,8 +180,8 @@ def main():
       median, spread = median_spread(rates)
       cores = min(n, cpus)
       one = median if worker == 't1' else one
-      kind = 'threads' if worker[0] == 't' else 'processes'
-      print(f'| {name} | {n} {kind[:-1] if n == 1 else kind} | {median:,.0f} | {spread:.0%} | '
+      kind = {'t': ('thread', 'threads'), 'p': ('process', 'processes')}[worker[0]][n != 1]
+      print(f'| {name} | {n} {kind} | {median:,.0f} | {spread:.0%} | '
             f'{median / cores:,.0f} | {"-" if one is None else format(median / one, ".2f")} | '
             f'{median / cores * args.project:,.0f} |', flush=True)
   quiet.stop()

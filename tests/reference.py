@@ -109,41 +109,43 @@ def subtract_mean(image, mean):
   return np.asarray(image, np.float64) - np.asarray(mean, np.float64)
 
 
-def random_crop(image, size, rng):
-  """A size x size window at (top, left) drawn uniformly over every position it fits."""
-  h, w = image.shape[:2]
-  top, left = rng.integers(0, [h - size + 1, w - size + 1])
-  return image[top:top + size, left:left + size]
+def batch_draws(seed, step, n, sigma=0.1):
+  """The draws a loader makes for batch `step` of n views, as documented: one generator
+  seeded (seed, step); n places (n, 2) uniform in [0, 1), n coins, n x 3 standard normals.
+  Returns the crop places, the reflections (coin < 1/2) and the PCA alphas (~ N(0, sigma))."""
+  r = np.random.default_rng([seed, step])
+  place = r.random((n, 2))
+  coins = r.random(n)
+  return place, coins < 0.5, r.normal(0.0, 1.0, (n, 3)) * sigma
+
+
+def crop_offset(place, h, w, size):
+  """The window position of a place in [0, 1)^2: each of the H - size + 1 rows (and W's)
+  covers an equal part of [0, 1)."""
+  return int(place[0] * (h - size + 1)), int(place[1] * (w - size + 1))
 
 
 def reflect(image):
   return image[:, ::-1]
 
 
-def random_reflection(image, rng):
-  return reflect(image) if rng.random() < 0.5 else image
+def pca_shift(alpha, eigval=CARD_EIGVAL, eigvec=CARD_EIGVEC):
+  """[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T on the 0-255 scale, written out per channel."""
+  return 255.0 * np.array([sum(eigvec[c][i] * alpha[i] * eigval[i] for i in range(3))
+                           for c in range(3)])
 
 
-def pca_shift(rng, sigma=0.1, eigval=CARD_EIGVAL, eigvec=CARD_EIGVEC):
-  """[p1 p2 p3][a1 l1, a2 l2, a3 l3]^T, a ~ N(0, sigma), on the 0-255 scale."""
-  alpha = rng.normal(0.0, sigma, 3)
-  return 255.0 * (np.asarray(eigvec) @ (alpha * np.asarray(eigval)))
-
-
-def pca_lighting(image, rng, sigma=0.1):
-  return np.asarray(image, np.float64) + pca_shift(rng, sigma)
-
-
-def train_view(image, rng, mean=None, crop_size=None, flip=True, pca_sigma=0.1):
+def train_view(image, top, left, reflected, alpha, mean=None, crop_size=None):
   """One training view of a prepared image, float64: the mean subtracted from the whole
-  image (cropped with it), a random crop, a random reflection, the PCA shift."""
+  image (cropped with it), the crop at (top, left), the reflection, the PCA shift of
+  `alpha` (None: off)."""
   x = subtract_mean(image, np.zeros(image.shape[-1]) if mean is None else mean)
   if crop_size:
-    x = random_crop(x, crop_size, rng)
-  if flip:
-    x = random_reflection(x, rng)
-  if pca_sigma:
-    x = pca_lighting(x, rng, pca_sigma)
+    x = x[top:top + crop_size, left:left + crop_size]
+  if reflected:
+    x = reflect(x)
+  if alpha is not None:
+    x = x + pca_shift(alpha)
   return x
 
 

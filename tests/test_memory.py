@@ -60,7 +60,7 @@ def test_random_crops_cover_the_padded_range_and_reflect():
   seen, flips = set(), 0
   padded = np.pad(image[..., 0], 1)
   for step in range(400):
-    out = loader.view(image, step, 0)[..., 0]
+    out = loader.views(image[None], step, slice(0, 1))[0, ..., 0]
     matches = [(dy, dx, f) for dy in range(3) for dx in range(3) for f in (0, 1)
                if np.array_equal(out, (padded[dy:dy + 4, dx:dx + 4][:, ::-1] if f
                                        else padded[dy:dy + 4, dx:dx + 4]))]

@@ -2,7 +2,10 @@
 any number of decode threads or processes, resumable at exactly the next batch, sharded by
 rows, and the paper's view once the device has normalised it (tests/reference.py)."""
 
+import gc
 import io
+import os
+import time
 
 import jax
 import numpy as np
@@ -91,10 +94,12 @@ def test_the_device_half_gives_the_paper_view(source, mean_shape):
     flips += list(x['window'][:, 2])
     got = np.asarray(jax.jit(pixels.normalize)(x, mean))
     assert got.dtype == np.float32
+    place, reflected, alpha = reference.batch_draws(1, step, l.global_batch, sigma=0.1)
     for j, i in enumerate(l.indices(step)):
       prepared = transforms.decode(source[i]['image'], 32)
-      want = reference.train_view(prepared, np.random.default_rng([1, step, j]), mean,
-                                  crop_size=24, flip=True, pca_sigma=0.1)
+      top, left = reference.crop_offset(place[j], 32, 32, 24)
+      want = reference.train_view(prepared, top, left, reflected[j], alpha[j], mean,
+                                  crop_size=24)
       np.testing.assert_allclose(got[j], want, rtol=0, atol=1e-4)
   assert 0 < sum(flips) < len(flips)  # reflected and plain views both checked
 
@@ -127,6 +132,25 @@ def test_grain_worker_processes_give_the_same_batches(source):
   assert len(got) == 6
   for a, b in zip(want, got):
     assert_same(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir('/dev/shm'), reason='POSIX shared memory in /dev/shm')
+def test_worker_processes_leave_no_shared_memory_behind(source):
+  """Workers write each batch into shared memory; the main process frees it, and a batch
+  that fails in a worker (images of two sizes in one batch) frees its block there."""
+  before = set(os.listdir('/dev/shm'))
+  got = list(loader(source, processes=1).host_batches(0, 3))
+  assert [type(x['pixels']).__name__ for x, _ in got] == ['SharedMemoryArray'] * 3
+  del got
+  whole = stream.Augment(prepared_size=0, crop_size=0)
+  with pytest.raises(BadDataError, match='not the size of the batch'):
+    list(loader(source, processes=1, augment=whole).host_batches(0, 2))
+  deadline = time.monotonic() + 30  # the main process unlinks in a background thread
+  while set(os.listdir('/dev/shm')) - before and time.monotonic() < deadline:
+    gc.collect()
+    time.sleep(0.1)
+  assert set(os.listdir('/dev/shm')) - before == set()
 
 
 def test_batches_are_placed_with_the_mesh_batch_sharding(source):

@@ -72,10 +72,10 @@ def test_decode_prepares_bytes_pil_images_and_arrays_alike():
 
 def test_random_crops_cover_every_allowed_position_and_nothing_else():
   image = np.arange(6 * 7, dtype=np.int32).reshape(6, 7, 1)  # pixel value = 7 * row + col
-  rng = np.random.default_rng(0)
+  draws = T.train_draws(np.random.default_rng(0), 600, channels=1, pca_sigma=0)
   seen = set()
-  for _ in range(600):
-    out = T.crop(image, *T.random_crop_offset(image.shape, 4, rng), 4)
+  for top, left, _ in draws.windows(image.shape, 4):
+    out = T.crop(image, int(top), int(left), 4)
     top, left = divmod(int(out[0, 0, 0]), 7)
     np.testing.assert_array_equal(out, image[top:top + 4, left:left + 4])
     seen.add((top, left))
@@ -83,14 +83,17 @@ def test_random_crops_cover_every_allowed_position_and_nothing_else():
   assert seen == {(t, l) for t in range(3) for l in range(4)}
 
 
-def test_224_crops_of_256_range_over_0_to_32():
-  rng = np.random.default_rng(1)
-  offsets = np.array([T.random_crop_offset((256, 256, 3), 224, rng) for _ in range(4000)])
+def test_224_crops_of_256_range_over_0_to_32_equally():
+  offsets = T.crop_windows((256, 256, 3), np.random.default_rng(1).random((4000, 2)), 224)
   for axis in (0, 1):
     counts = np.bincount(offsets[:, axis], minlength=33)
     assert len(counts) == 33 and counts.min() > 60  # all of 0..32, about 121 each
+  # The place's edges: [0, 1/33) is position 0, [32/33, 1) position 32.
+  edges = np.array([[0.0, 1 / 33 - 1e-12], [1 / 33, 32 / 33 - 1e-12], [32 / 33, 1 - 2**-53]])
+  np.testing.assert_array_equal(T.crop_windows((256, 256, 3), edges, 224),
+                                [[0, 0], [1, 31], [32, 32]])
   with pytest.raises(ValueError):
-    T.random_crop_offset((200, 256, 3), 224, rng)
+    T.crop_windows((200, 256, 3), edges, 224)
 
 
 def test_crop_works_on_batches():
@@ -100,35 +103,26 @@ def test_crop_works_on_batches():
     T.crop(batch, 3, 0, 3)
 
 
-def test_train_crop_draws_offset_reflection_and_pca_in_order():
+def test_train_draws_place_reflection_and_pca_in_order():
   image = np.arange(10 * 10 * 3, dtype=np.uint8).reshape(10, 10, 3)
-  flips = 0
-  for seed in range(1000):
-    view, window, shift = T.train_crop(image, np.random.default_rng(seed), crop_size=6)
-    r = np.random.default_rng(seed)
-    top, left = r.integers(0, [5, 5])
-    assert tuple(window) == (top, left, r.random() < 0.5)
-    np.testing.assert_array_equal(view, image[top:top + 6, left:left + 6])
-    np.testing.assert_allclose(shift, reference.pca_shift(r), rtol=1e-5)
-    flips += int(window[2])
-  assert 440 < flips < 560  # half the time: 500 +- 16 (1 sd)
-  plain = T.train_crop(image, np.random.default_rng(0), crop_size=None, flip=False, pca_sigma=0)
-  np.testing.assert_array_equal(plain[0], image)
-  np.testing.assert_array_equal(plain[1], [0, 0, 0])
-  np.testing.assert_array_equal(plain[2], [0, 0, 0])
+  draws = T.train_draws(np.random.default_rng([7, 3]), 1000)
+  windows = draws.windows(image.shape, 6)
+  place, reflected, alpha = reference.batch_draws(7, 3, 1000)
+  for j in range(1000):
+    top, left = reference.crop_offset(place[j], 10, 10, 6)
+    assert tuple(windows[j]) == (top, left, reflected[j])
+    np.testing.assert_allclose(draws.shift[j], reference.pca_shift(alpha[j]), rtol=1e-5)
+  assert 440 < windows[:, 2].sum() < 560  # half the time: 500 +- 16 (1 sd)
+  # Switches: no crop, no reflection, no PCA; the places and coins are drawn all the same.
+  plain = T.train_draws(np.random.default_rng([7, 3]), 1000, pca_sigma=0)
+  np.testing.assert_array_equal(plain.place, draws.place)
+  np.testing.assert_array_equal(plain.windows(image.shape, None, flip=False), 0)
+  np.testing.assert_array_equal(plain.shift, 0)
   with pytest.raises(ValueError, match='RGB'):
-    T.train_crop(image[..., :1], np.random.default_rng(0), crop_size=6)
+    T.train_draws(np.random.default_rng(0), 4, channels=1)
 
 
 # ---- PCA colour augmentation -----------------------------------------------------------
-
-
-class _FixedNormal:
-  """A generator whose normal draws are (1, -2, 0.5) standard deviations."""
-
-  def normal(self, loc, scale, size):
-    assert size == 3 and loc == 0
-    return np.array([1.0, -2.0, 0.5]) * scale
 
 
 def test_pca_shift_by_hand():
@@ -136,14 +130,14 @@ def test_pca_shift_by_hand():
   # Red: 255 * (-0.5675 * 0.02175 + 0.7192 * -0.00376 + 0.4009 * 0.000225) = -3.81406
   # Green: 255 * (-0.5808 * 0.02175 - 0.0045 * -0.00376 - 0.8140 * 0.000225) = -3.26365
   # Blue: 255 * (-0.5836 * 0.02175 - 0.6948 * -0.00376 + 0.4203 * 0.000225) = -2.54650
-  shift = T.pca_shift(_FixedNormal(), sigma=0.1)
+  shift = T.pca_shift(np.array([0.1, -0.2, 0.05]))
   np.testing.assert_allclose(shift, [-3.81406, -3.26365, -2.54650], atol=1e-4)
 
 
 def test_pca_noise_has_the_configured_covariance():
   rng = np.random.default_rng(3)
   n = 40_000
-  shifts = np.stack([T.pca_shift(rng, sigma=0.1) for _ in range(n)]).astype(np.float64)
+  shifts = T.pca_shift(rng.normal(0, 0.1, (n, 3))).astype(np.float64)
   # cov = 255^2 P diag(0.1^2 l^2) P^T; its eigenvalues are (25.5 l)^2.
   std = 255 * 0.1 * T.IMAGENET_EIGVAL  # 5.54625, 0.4794, 0.114750
   want = (T.IMAGENET_EIGVEC * std**2) @ T.IMAGENET_EIGVEC.T
@@ -154,7 +148,7 @@ def test_pca_noise_has_the_configured_covariance():
   np.testing.assert_allclose(shifts.mean(axis=0), 0, atol=0.1)
   # Along each eigenvector the spread is 255 * sigma * l_i.
   np.testing.assert_allclose((shifts @ T.IMAGENET_EIGVEC).std(axis=0), std, rtol=0.02)
-  sigma2 = np.stack([T.pca_shift(rng, sigma=0.2) for _ in range(n)])
+  sigma2 = T.train_draws(rng, n, pca_sigma=0.2).shift
   np.testing.assert_allclose((sigma2 @ T.IMAGENET_EIGVEC).std(axis=0), 2 * std, rtol=0.02)
 
 

@@ -2,8 +2,8 @@
 256x256 JPEG bytes, the device decodes the batch, and the step cuts each view
 (`pixels.device_crops`).
 
-The host still draws each view's window, reflection and PCA shift from (seed, step, example)
-(`transforms.train_window`, the draws of the host path, in its order), so a batch is the one
+The host still draws each view's window, reflection and PCA shift from (seed, step)
+(`StreamLoader.draws`, the draws of the host path), so a batch is the one
 the host path would cut wherever the decoder's pixels equal Pillow's.
 
 Decoders, by `data.decoder`, behind one interface (`decode(encoded, device)` -> a uint8

@@ -34,22 +34,26 @@ class MemoryLoader(batching.EpochOrder):
     super().__init__(len(split.labels), global_batch, seed)
     self.split, self.pad, self.flip = split, pad, flip
 
-  def view(self, image: np.ndarray, step: int, j: int) -> np.ndarray:
-    """Example j of batch `step`: a random crop of the padded image, reflected with
-    probability 1/2 (on the host: the mean is subtracted unshifted)."""
-    size, p = image.shape[0], self.pad
-    padded = np.pad(image, ((p, p), (p, p), (0, 0))) if p else image
-    view, window, _ = transforms.train_crop(
-        padded, np.random.default_rng([self.seed, step, j]), crop_size=size if p else None,
-        flip=self.flip, pca_sigma=0)
-    return view[:, ::-1] if window[2] else view
+  def views(self, images: np.ndarray, step: int, rows: slice) -> np.ndarray:
+    """Rows `rows` of batch `step`: random crops of the padded images, each reflected with
+    probability 1/2 (on the host: the mean is subtracted unshifted), drawn for the whole
+    global batch from one generator seeded (seed, step), as the stream loader draws."""
+    size, p = images.shape[1], self.pad
+    padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0))) if p else images
+    draws = transforms.train_draws(np.random.default_rng([self.seed, step]),
+                                   self.global_batch, pca_sigma=0)
+    windows = draws.windows(padded.shape[1:], size if p else None, self.flip)[rows]
+    out = np.empty_like(images)
+    for row, (top, left, reflected) in enumerate(windows.tolist()):
+      view = padded[row, top:top + size, left:left + size]
+      out[row] = view[:, ::-1] if reflected else view
+    return out
 
   def read(self, step: int, rows: slice):
     idx = self.indices(step)[rows]
     images = self.split.images[idx]
     if self.pad or self.flip:
-      images = np.stack([self.view(image, step, j)
-                         for j, image in zip(range(rows.start, rows.stop), images)])
+      images = self.views(images, step, rows)
     return pixels.pixel_batch(images), self.split.labels[idx], []
 
 

@@ -4,13 +4,14 @@ decoded every step in parallel, as the paper prepared them.
 Images are read one by one from a random-access source (a tfds data source with
 `SkipDecoding`, or any sequence of {'image': encoded bytes or uint8 array, 'label': int}),
 decoded and prepared with Pillow (`transforms.decode`: shorter side 256, central 256x256)
-and cut into training views (`transforms.train_crop`). Nothing here needs TensorFlow.
+and cut into training views (`transforms.train_draws`, `transforms.crop`). Nothing here needs TensorFlow.
 
 Parallel decode (`host_batches`): `grain.MapDataset.range(start, stop).map(...)`, each
 element one step's rows for this process, in step order, computed by `threads` threads
 (Pillow releases the GIL while it decodes and resizes) in this process or, with
 `processes` > 0, in each of that many grain worker processes (`mp_prefetch`; batches then
-come back through shared memory). Batch `step` is the same whatever the threads, processes
+write each batch straight into shared memory, which the main process maps without a
+copy). Batch `step` is the same whatever the threads, processes
 or hosts (`batching.EpochOrder`).
 
 A training record that fails to decode is replaced by the next record of the source that
@@ -21,6 +22,7 @@ skipping it would change the reported accuracy.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import logging
@@ -62,8 +64,17 @@ def _get(source, indices: Sequence[int]) -> list[dict]:
   return [source[int(i)] for i in indices]
 
 
+def _shared_empty(shape, dtype) -> np.ndarray:
+  """An uninitialised array in shared memory, which grain hands to the main process as
+  it is (a batch built in private memory would be copied there: 5 ms a 9.6 MB batch)."""
+  from grain._src.python.ipc import shared_memory_array  # grain is pinned (requirements.txt)
+  return shared_memory_array.SharedMemoryArray(shape, dtype)
+
+
 class StreamLoader(batching.EpochOrder):
   """Deterministic, resumable training batches decoded from a random-access source."""
+
+  allocate = staticmethod(np.empty)  # the batch's pixels: _shared_empty in worker processes
 
   def __init__(self, source, global_batch: int, seed: int, augment: Augment = Augment(),
                threads: int = 0, processes: int = 0, max_bad_records: int = 100,
@@ -79,13 +90,26 @@ class StreamLoader(batching.EpochOrder):
     self._eigval = np.asarray(augment.eigval, np.float64)
     self._eigvec = np.asarray(augment.eigvec, np.float64)
 
-  def view(self, image: np.ndarray, step: int, j: int):
-    """Example j of batch `step` of a prepared image: (uint8 view, window, PCA shift) of
-    `transforms.train_crop`."""
+  def draws(self, step: int) -> transforms.TrainDraws:
+    """The random part of batch `step`'s views, the whole global batch's from one generator
+    seeded (seed, step): row j's are the same whichever host, thread or process cuts it."""
     a = self.augment
-    return transforms.train_crop(
-        image, np.random.default_rng([self.seed, step, j]), crop_size=a.crop_size or None,
-        flip=a.flip, pca_sigma=a.pca_sigma, eigval=self._eigval, eigvec=self._eigvec)
+    return transforms.train_draws(np.random.default_rng([self.seed, step]), self.global_batch,
+                                  a.channels, a.pca_sigma, self._eigval, self._eigvec)
+
+  def windows(self, draws: transforms.TrainDraws, shape) -> np.ndarray:
+    return draws.windows(shape, self.augment.crop_size or None, self.augment.flip)
+
+  def view(self, image: np.ndarray, step: int, j: int):
+    """Example j of batch `step` of a prepared image: (uint8 crop, unreflected; window;
+    PCA shift). `read` cuts a batch's views the same way, drawing once."""
+    draws = self.draws(step)
+    window = self.windows(draws, image.shape)[j]
+    return self._cut(image, window), window, draws.shift[j]
+
+  def _cut(self, image: np.ndarray, window) -> np.ndarray:
+    size = self.augment.crop_size
+    return transforms.crop(image, int(window[0]), int(window[1]), size) if size else image
 
   def _decodable(self, index: int, record: dict, bad: dict):
     """The prepared image of `record` and its label; a record that fails to decode is noted
@@ -103,21 +127,17 @@ class StreamLoader(batching.EpochOrder):
 
   def read_encoded(self, step: int, rows: slice):
     """Rows `rows` of batch `step` as the stored bytes with the views' windows and shifts
-    (`transforms.train_window`, drawn as `view` draws them), for the device to decode."""
+    (drawn as `read` draws them), for the device to decode."""
     idx = self.indices(step)[rows]
     a = self.augment
     shape = (a.prepared_size, a.prepared_size, a.channels)
     encoded = np.empty((len(idx),), object)
-    window = np.empty((len(idx), 3), np.int32)
-    shift = np.empty((len(idx), a.channels), np.float32)
     labels = np.empty((len(idx),), np.int32)
     for row, record in enumerate(_get(self.source, idx)):
       encoded[row], labels[row] = record['image'], record['label']
-      window[row], shift[row] = transforms.train_window(
-          shape, np.random.default_rng([self.seed, step, rows.start + row]),
-          crop_size=a.crop_size or None, flip=a.flip, pca_sigma=a.pca_sigma,
-          eigval=self._eigval, eigvec=self._eigvec)
-    return {'encoded': encoded, 'window': window, 'shift': shift}, labels, []
+    draws = self.draws(step)
+    return {'encoded': encoded, 'window': self.windows(draws, shape)[rows],
+            'shift': draws.shift[rows]}, labels, []
 
   def place_images(self, images: dict, sharding, rows: slice):
     if self.device_decoder is None:
@@ -134,21 +154,27 @@ class StreamLoader(batching.EpochOrder):
     idx = self.indices(step)[rows]
     bad: dict[int, str] = {}
     n = rows.stop - rows.start
-    out = labels = None
-    for row, (i, record) in enumerate(zip(idx, _get(self.source, idx))):
-      image, label = self._decodable(i, record, bad)
-      view, window, shift = self.view(image, step, rows.start + row)
-      if out is None:  # views are copied straight into the batch
-        out = pixels.pixel_batch(np.empty((n, *view.shape), np.uint8),
-                                 np.empty((n, 3), np.int32),
-                                 np.empty((n, view.shape[-1]), np.float32))
-        labels = np.empty((n,), np.int32)
-      if view.shape != out['pixels'].shape[1:]:
-        raise BadDataError(f'An image is prepared as {view.shape}, not the size of the '
-                           f'batch\'s other images {out["pixels"].shape[1:]}; set '
-                           'data.prepared_size.')
-      out['pixels'][row], out['window'][row], out['shift'][row] = view, window, shift
-      labels[row] = label
+    draws = self.draws(step)
+    out = labels = windows = None
+    try:
+      for row, (i, record) in enumerate(zip(idx, _get(self.source, idx))):
+        image, label = self._decodable(i, record, bad)
+        if out is None:  # the first image sets the windows; views go straight into the batch
+          windows = self.windows(draws, image.shape)[rows]
+          shape = self._cut(image, windows[0]).shape
+          out = pixels.pixel_batch(self.allocate((n, *shape), np.uint8), windows,
+                                   draws.shift[rows])
+          labels = np.empty((n,), np.int32)
+          first = image.shape
+        if image.shape != first:
+          raise BadDataError(f'An image is prepared as {image.shape}, not the size of the '
+                             f'batch\'s other images {first}; set data.prepared_size.')
+        out['pixels'][row] = self._cut(image, windows[row])
+        labels[row] = label
+    except BaseException:
+      if out is not None and hasattr(out['pixels'], 'unlink_on_del'):
+        out['pixels'].unlink_on_del()  # a failed batch leaves nothing in /dev/shm
+      raise
     return out, labels, list(bad.values())
 
   def report(self, step: int, problems: list[str]) -> None:
@@ -171,8 +197,12 @@ class StreamLoader(batching.EpochOrder):
       return
     import grain
     threads = max(self.threads, 1)
+    reader = self
+    if self.processes > 0:
+      reader = copy.copy(self)
+      reader.allocate = _shared_empty
     dataset = grain.MapDataset.range(start_step, start_step + num_steps).map(
-        _ReadRows(self, image_rows, label_rows)).to_iter_dataset(
+        _ReadRows(reader, image_rows, label_rows)).to_iter_dataset(
             # Batches `threads` ahead: grain's default (500 elements) would hold 500 batches.
             grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads))
     if self.processes > 0:

@@ -2,11 +2,12 @@
 
 Every function takes one image (H, W, C), or where it says so a batch (..., H, W, C), and
 returns a new array; randomness comes only from the `np.random.Generator` passed in, so a
-transform is a pure function of (image, rng state) and a loader that seeds its generators
-from (seed, step, example) is deterministic.
+transform is a pure function of (image, rng state) and a loader that seeds a batch's
+generator from (seed, step) is deterministic.
 
   prepare:  `decode` -> `resize_and_centre_crop`: shorter side to 256, central 256x256 (uint8)
-  train:    `train_crop`: a random 224 crop, whether to reflect it, the PCA lighting shift
+  train:    `train_draws` -> `TrainDraws.windows`, `crop`: a random 224 crop, whether to
+            reflect it, the PCA lighting shift
   test:     `centre_crop`, the 10 crops (`ten_crop_windows`: 4 corners, centre, reflections)
   mean/PCA: `PixelStatistics`: the training set's per-pixel mean and RGB eigenvectors
 
@@ -18,6 +19,7 @@ constants are on the 0-1 scale and are multiplied by `PIXEL_SCALE` (255) when ap
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from typing import Any
@@ -170,57 +172,61 @@ def crop(image: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
   return image[..., top:top + size, left:left + size, :]
 
 
-def random_crop_offset(shape, size: int, rng: np.random.Generator) -> tuple[int, int]:
-  """(top, left), each uniform over every position where the window fits: 0 .. H - size."""
+def crop_windows(shape, place: np.ndarray, size: int | None) -> np.ndarray:
+  """(top, left) of each row's size x size window in an (H, W, ...) image, from `place`
+  (N, 2), uniform in [0, 1): floor(place * (H - size + 1)), so each of the H - size + 1
+  positions (and W's) is equally likely. `size` None: no crop, every window at (0, 0)."""
+  place = np.asarray(place, np.float64)
+  if size is None:
+    return np.zeros(place.shape, np.int32)
   h, w = shape[:2]
   if h < size or w < size:
     raise ValueError(f'Cannot take a {size}x{size} crop of a {h}x{w} image.')
-  top, left = rng.integers(0, [h - size + 1, w - size + 1])
-  return int(top), int(left)
+  positions = np.array([h - size + 1, w - size + 1])
+  # min: a place within 2^-53 of 1 can round up to `positions` in the product.
+  return np.minimum(np.floor(place * positions), positions - 1).astype(np.int32)
 
 
-def pca_shift(rng: np.random.Generator, sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
-              eigvec=IMAGENET_EIGVEC, scale: float = PIXEL_SCALE) -> np.ndarray:
-  """The RGB value added to every pixel of one image (section 4.1):
-  [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T with a_i ~ N(0, sigma), times `scale` (the constants are
-  on the 0-1 scale, pixels on 0-255). Its covariance over draws is
+def pca_shift(alpha: np.ndarray, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC,
+              scale: float = PIXEL_SCALE) -> np.ndarray:
+  """The RGB value added to every pixel of an image (section 4.1), for each row of `alpha`
+  (..., 3), a_i ~ N(0, sigma): [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T, times `scale` (the
+  constants are on the 0-1 scale, pixels on 0-255). Its covariance over draws is
   scale^2 P diag(sigma^2 l^2) P^T."""
-  alpha = rng.normal(0.0, sigma, 3)
-  return (np.asarray(eigvec) @ (alpha * np.asarray(eigval)) * scale).astype(np.float32)
+  alpha = np.asarray(alpha, np.float64) * np.asarray(eigval, np.float64)
+  return (alpha @ np.asarray(eigvec, np.float64).T * scale).astype(np.float32)
 
 
-def train_window(shape, rng: np.random.Generator, crop_size: int | None = CROP_SIZE,
-                 flip: bool = True, pca_sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
-                 eigvec=IMAGENET_EIGVEC):
-  """The draws of one training view of a prepared image of `shape` (H, W, C), with no pixel
-  touched: a random crop offset (`crop_size` None: off), whether to reflect (`flip`: with
-  probability 1/2) and the PCA shift (`pca_sigma` 0: off), from `rng` in that order.
-  Returns (window, shift): window = (top, left, reflected); the float32 shift (C,)."""
-  top = left = 0
-  if crop_size is not None:
-    top, left = random_crop_offset(shape, crop_size, rng)
-  reflected = bool(flip and rng.random() < 0.5)
-  shift = np.zeros((shape[-1],), np.float32)
-  if pca_sigma:
-    if shape[-1] != 3:
-      raise ValueError(f'PCA lighting needs RGB images, not {shape[-1]} channels.')
-    shift = pca_shift(rng, pca_sigma, eigval, eigvec)
-  return np.array([top, left, reflected], np.int32), shift
+@dataclasses.dataclass(frozen=True)
+class TrainDraws:
+  """The random part of a batch's training views (section 4.1), one row per example."""
+  place: np.ndarray  # (N, 2) uniform in [0, 1): where the crop lies along H and W
+  reflect: np.ndarray  # (N,) bool, each true with probability 1/2
+  shift: np.ndarray  # (N, C) float32: the PCA lighting shift, 0 where it is off
+
+  def windows(self, shape, crop_size: int | None = CROP_SIZE, flip: bool = True):
+    """(N, 3) int32 windows (top, left, reflected) in an image of `shape` (H, W, C): where
+    each view is cut and the per-pixel mean is taken from, and whether both are reflected."""
+    reflected = self.reflect & bool(flip)
+    return np.concatenate([crop_windows(shape, self.place, crop_size),
+                           reflected[:, None].astype(np.int32)], axis=1)
 
 
-def train_crop(image: np.ndarray, rng: np.random.Generator, crop_size: int | None = CROP_SIZE,
-               flip: bool = True, pca_sigma: float = 0.1, eigval=IMAGENET_EIGVAL,
-               eigvec=IMAGENET_EIGVEC):
-  """The host's half of one training view of a prepared image: `train_window`'s draws and
-  the crop they select.
-
-  Returns (crop, window, shift): the uint8 crop, unreflected (a view of `image`; a reflected
-  copy costs numpy 25x a plain one, 3-byte runs); window = (top, left, reflected), which says
-  where the per-pixel mean is taken from and whether view and mean are reflected; the
-  float32 shift (C,) to add to every pixel."""
-  window, shift = train_window(image.shape, rng, crop_size, flip, pca_sigma, eigval, eigvec)
-  view = image if crop_size is None else crop(image, int(window[0]), int(window[1]), crop_size)
-  return view, window, shift
+def train_draws(rng: np.random.Generator, n: int, channels: int = 3, pca_sigma: float = 0.1,
+                eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC) -> TrainDraws:
+  """The draws of n training views at once, in this order: the crops' places (n, 2), the
+  reflections (n), the PCA lighting's alphas (n, 3; `pca_sigma` 0: no shift), whatever is
+  switched off, so that turning one switch leaves the others' draws alone. A loader draws a
+  whole global batch from one generator seeded (seed, step): one call, where a Generator
+  per example held the GIL for 25 us an image and kept decode threads from scaling."""
+  place = rng.random((n, 2))
+  reflect = rng.random(n) < 0.5
+  alpha = rng.normal(0.0, 1.0, (n, 3))
+  if not pca_sigma:
+    return TrainDraws(place, reflect, np.zeros((n, channels), np.float32))
+  if channels != 3:
+    raise ValueError(f'PCA lighting needs RGB images, not {channels} channels.')
+  return TrainDraws(place, reflect, pca_shift(alpha * pca_sigma, eigval, eigvec))
 
 
 # ---- test views ---------------------------------------------------------------------
