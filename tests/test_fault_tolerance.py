@@ -70,9 +70,9 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
 
 @pytest.mark.slow
 @pytest.mark.parametrize('storage', [
-    [], ['--config.data.storage=raw'], ['--config.data.decoder=turbo'],
-    ['--config.data.decode_on=device']],
-    ids=['jpeg-pillow', 'raw', 'jpeg-turbo', 'jpeg-device-pillow'])
+    [], ['--config.data.storage=raw'], ['--config.data.decoder=pillow'],
+    ['--config.data.decode_on=device', '--config.data.decoder=pillow']],
+    ids=['jpeg-turbo', 'raw', 'jpeg-pillow', 'jpeg-device-pillow'])
 def test_stream_pipeline_sigkill_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
                                                                              tmp_path, storage):
   """The same for the stream pipeline (an image folder decoded by 2 threads, random crops,

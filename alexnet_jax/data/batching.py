@@ -3,8 +3,9 @@ eval batches and prefetch.
 
 Training order is a pure function of (seed, step) (`EpochOrder`): epoch e is the permutation
 drawn from (seed, e), so a loader's position is just the step it is at, and a restarted run
-continues with exactly the next batch. Augmentation draws from (seed, step, example) and so
-depends neither on the number of processes nor on the decode threads.
+continues with exactly the next batch. Augmentation draws the whole global batch's views from
+(seed, step) (`transforms.train_draws`) and so depends neither on the number of processes
+nor on the decode threads.
 
 Each process reads only its own rows of every global batch (`process_rows`), and
 `jax.make_array_from_process_local_data` assembles the global array with the layout's batch
