@@ -3,14 +3,15 @@ decoded every step in parallel, as the paper prepared them.
 
 Images are read one by one from a random-access source (a tfds data source with
 `SkipDecoding`, or any sequence of {'image': encoded bytes or uint8 array, 'label': int}),
-decoded and prepared with Pillow (`transforms.decode`: shorter side 256, central 256x256)
-and cut into training views (`transforms.train_draws`, `transforms.crop`). Nothing here needs TensorFlow.
+decoded and prepared by `data.decoder` (`decoders.decode`: shorter side 256, central
+256x256) and cut into training views (`transforms.train_draws`, `transforms.crop`).
+Nothing here needs TensorFlow.
 
 Parallel decode (`host_batches`): `grain.MapDataset.range(start, stop).map(...)`, each
 element one step's rows for this process, in step order, computed by `threads` threads
-(Pillow releases the GIL while it decodes and resizes) in this process or, with
-`processes` > 0, in each of that many grain worker processes (`mp_prefetch`; batches then
-write each batch straight into shared memory, which the main process maps without a
+(Pillow and simplejpeg release the GIL while they decode) in this process or, with
+`processes` > 0, in each of that many grain worker processes (`mp_prefetch`; each worker
+writes its batches straight into shared memory, which the main process maps without a
 copy). Batch `step` is the same whatever the threads, processes
 or hosts (`batching.EpochOrder`).
 
