@@ -135,16 +135,16 @@ def check_paths(workdir: str, figures_dir: str | None, images: list[str]) -> Non
 
 
 def main(argv, make_hooks=None):
-  """`make_hooks()`: the training loop's `train.Hooks` (tests pass fault injectors)."""
+  """`make_hooks()`: the training loop's `loop.Hooks` (tests pass fault injectors)."""
   if len(argv) > 1:
     _fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value).')
   config = FLAGS.config
   workdir = FLAGS.workdir
   check_paths(workdir, FLAGS.figures_dir, FLAGS.images)
-  from alexnet_jax import cluster
+  from alexnet_jax.parallel import cluster
   d = config.distributed
   if cluster.is_multi_process(d) and not os.environ.get(cluster.SUPERVISED_ENV):
-    # Never returns: runs this command as a child and exits as it does (alexnet_jax/cluster.py).
+    # Never returns: runs this command as a child and exits as it does (alexnet_jax/parallel/cluster.py).
     cluster.supervise(workdir, d)
   from alexnet_jax import xla_cpu
   xla_cpu.configure()  # before JAX creates its CPU client
@@ -154,28 +154,28 @@ def main(argv, make_hooks=None):
     _fail(str(e))
 
   # JAX and the package are imported after the distributed setup.
-  from alexnet_jax import interrupts
   from alexnet_jax.errors import UserError
+  from alexnet_jax.train import interrupts
 
   step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
   try:
     if FLAGS.mode == 'eval':
-      from alexnet_jax import evaluation
+      from alexnet_jax.train import evaluation
       result = evaluation.evaluate_checkpoint(config, workdir, step)
       print('eval: ' + json.dumps(result), flush=True)
       return
     if FLAGS.mode == 'figures':
-      from alexnet_jax import inference
+      from alexnet_jax.outputs import inference
       for path in inference.figures_for_checkpoint(config, workdir, step, FLAGS.figures_dir):
         print(f'figure: {path}', flush=True)
       return
     if FLAGS.mode == 'predict':
-      from alexnet_jax import inference
+      from alexnet_jax.outputs import inference
       for result in inference.predict(config, workdir, FLAGS.images, step):
         print('predict: ' + json.dumps(result), flush=True)
       return
-    from alexnet_jax import train
-    result = train.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
+    from alexnet_jax.train import loop
+    result = loop.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
   except interrupts.Interrupted as e:
     _last_line(f'stopped: {e}', e.exit_code)
   except KeyboardInterrupt:  # SIGINT outside the training loop (set-up, evaluation)

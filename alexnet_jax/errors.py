@@ -31,3 +31,13 @@ class NoFileLocksError(UserError):
     return cls(f'The file system of {os.path.dirname(path)} gives no file locks ({e.strerror}); '
                'use a directory on a file system with locks, or set allow_no_file_locks=True '
                'to go on without them (two runs could then write the same files at once).')
+
+
+def require(ok: bool, message: str) -> None:
+  """ConfigError(message) unless `ok`: the config checks' one sentence."""
+  if not ok:
+    raise ConfigError(message)
+
+
+def one_of(name: str, value, choices) -> None:
+  require(value in choices, f'{name}={value!r} is not one of {", ".join(choices)}.')

@@ -28,11 +28,17 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
-from alexnet_jax import comm, model, optimizer, sharding, steps, xla_cpu
+from alexnet_jax import xla_cpu
+from alexnet_jax.model import network
+from alexnet_jax.parallel import comm
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import optimizer
+from alexnet_jax.train import steps
 
 FLAGS = flags.FLAGS
 
@@ -105,7 +111,7 @@ def main(argv):
                              f'--xla_force_host_platform_device_count={FLAGS.devices}').strip()
   xla_cpu.configure()
   jax.config.update('jax_platforms', 'cpu')
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
   meshes = [m for m in MESHES if m[1] * m[2] <= jax.device_count()]
   rows = [measure(spec, mode, d, m, FLAGS.batch_size) for mode, d, m in meshes]
   print(f'AlexNetSpec() 224x224, global batch {FLAGS.batch_size}, float32, '

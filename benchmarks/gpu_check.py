@@ -42,7 +42,8 @@ from alexnet_jax import xla_cpu  # noqa: E402  (stdlib only: before JAX starts)
 
 xla_cpu.configure()
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 
 from benchmarks import gpu_stages  # noqa: E402
 from benchmarks import report as report_lib  # noqa: E402
@@ -83,10 +84,10 @@ class Plan:
   """The shapes of a real run or of the dry run."""
 
   def __init__(self, dry_run: bool):
-    from alexnet_jax import model
+    from alexnet_jax.model import network
     self.dry_run = dry_run
     if dry_run:  # the paper's layer geometry at 224, narrow: the same code paths, fast on CPU
-      self.spec = model.AlexNetSpec(conv_features=(8, 16, 24, 24, 16), fc_features=32)
+      self.spec = network.AlexNetSpec(conv_features=(8, 16, 24, 24, 16), fc_features=32)
       self.groups = [(4, 'bfloat16'), (2, 'bfloat16'), (4, 'float32')]
       self.steps, self.warmup, self.repeats = 1, 1, 2
       self.input = dict(images=32, workers=2, batch=8, steps=4)
@@ -98,7 +99,7 @@ class Plan:
                         '--config.model.conv_features=(8,16,24,24,16)',
                         '--config.model.fc_features=32']
     else:
-      self.spec = model.AlexNetSpec()
+      self.spec = network.AlexNetSpec()
       # Most informative first: the budget guard drops the tail. torch.compile (~45 s a
       # shape) only in bfloat16, where the goal is set (1.3x the best PyTorch variant).
       self.groups = [(512, 'bfloat16'), (2048, 'bfloat16'), (2048, 'float32'),
@@ -148,7 +149,8 @@ def environment(rep, entry, wheels: str, site: str, dry_run: bool) -> None:
                             dict(os.environ), os.path.join(rep.directory, 'pip.log'), 300)
     if code:
       raise RuntimeError(f'pip install of the wheels failed ({code}): {out[-500:]}')
-    sys.path.insert(0, site)
+    import site as site_packages
+    site_packages.addsitedir(site)  # the wheels just installed: what the image lacks
     os.environ['PYTHONPATH'] = os.pathsep.join(p for p in (site, os.environ.get('PYTHONPATH'))
                                                if p)
     importlib.invalidate_caches()
@@ -159,7 +161,7 @@ def environment(rep, entry, wheels: str, site: str, dry_run: bool) -> None:
     except importlib.metadata.PackageNotFoundError:
       versions[name] = None
   import jax
-  for module in MISSING_ON_IMAGE + ('alexnet_jax.run_setup', 'alexnet_jax.data.sources'):
+  for module in MISSING_ON_IMAGE + ('alexnet_jax.train.run_setup', 'alexnet_jax.data.sources'):
     __import__(module)  # an import that fails here would fail every later stage
   devices = jax.devices()
   info = {'python': sys.version.split()[0], 'versions': versions,

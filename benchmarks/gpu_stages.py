@@ -14,13 +14,15 @@ GROUP_S = {'jax': 20, 'eager': 10, 'compile': 45, 'torchvision alexnet eager': 1
 
 def train_step(rep, entry, plan, budget_left) -> list[dict]:
   import gc
+
   import jax
   import jax.numpy as jnp
+
   from benchmarks import train_step as ts
   on_gpu = jax.default_backend() == 'gpu'
   peaks = {'float32': ts.matmul_peak(jnp.float32, 256 if plan.dry_run else 8192)}
   peaks['bfloat16'] = ts.matmul_peak(jnp.bfloat16, 256 if plan.dry_run else 8192)
-  from alexnet_jax import flops
+  from alexnet_jax.model import flops
   sheet = flops.sheet_peak(jax.devices()[0].device_kind)
   rep.add(entry, 'matmul_peaks', peaks, f'Measured matmul peaks (FLOP/s): {peaks}; '
           f'data sheet: {sheet}')
@@ -106,7 +108,9 @@ def roofline(rep, entry, plan, batch: int, measured: float | None) -> dict:
 
 def layers(rep, entry, plan, batch: int, bounds: dict | None) -> None:
   import statistics
+
   import jax.numpy as jnp
+
   from benchmarks import layers as layers_lib
   from benchmarks import roofline as rl
   rows = []
@@ -143,6 +147,7 @@ def input_stage(rep, entry, plan, step_rate: float | None) -> None:
   JPEG decoding on the device (nvImageCodec where installed, else the Pillow stand-in),
   against the step's img/s (issue 26)."""
   import importlib.util
+
   from benchmarks import input_pipeline as ip
   p = plan.input
   jpegs = ip.make_jpegs(p['images'])

@@ -28,13 +28,15 @@ import time
 
 import numpy as np
 
-from alexnet_jax import pixels
-from alexnet_jax.data import decoders, stream, transforms
+from alexnet_jax.data import decoders
+from alexnet_jax.data import stream
+from alexnet_jax.data import transforms
+from alexnet_jax.model import pixels
 
 
 def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
-  from PIL import Image
   import matplotlib.cbook
+  from PIL import Image
   photo = Image.open(matplotlib.cbook.get_sample_data('grace_hopper.jpg')).convert('RGB')
   rng = np.random.default_rng(seed)
   out = []
@@ -92,6 +94,7 @@ def device_decode(stored: list[bytes], decoder: str, batch: int, steps: int) -> 
   decoders agree within about 2), and img/s of the decode alone, timed to the last image
   being ready, in steady state."""
   import jax
+
   from alexnet_jax.data import device_decode as dd
   dec = dd.make(decoder, 256, 3)
   device = jax.devices()[0]
@@ -153,7 +156,9 @@ def main():
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   import jax.numpy as jnp
-  from benchmarks import machine, train_step
+
+  from benchmarks import machine
+  from benchmarks import train_step
   quiet = machine.Quiet()
   jpegs = make_jpegs(args.num_images)
   cpus = os.cpu_count()

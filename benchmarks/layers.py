@@ -5,7 +5,7 @@
     python -m benchmarks.layers --json_out=/tmp/layers.json
 
 Each layer runs alone on its own input shape as the network feeds it (conv1 on the 224x224
-images, LRN1 on conv1's 55x55 maps, ...), jitted in JAX (`model.py`'s functions, as the step
+images, LRN1 on conv1's 55x55 maps, ...), jitted in JAX (`network.py`'s functions, as the step
 calls them) and eager in PyTorch (grouped convolutions, `LocalResponseNorm`, `max_pool2d`,
 dropout, `SGD`). "fwd" is the forward pass; "bwd" is forward-and-backward (`jax.vjp`,
 `backward()`) less the forward (conv1: the kernel's gradient only, as in training; the
@@ -28,12 +28,14 @@ if __name__ == '__main__':
 
 xla_cpu.configure()  # before JAX creates its CPU client
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import model, optimizer  # noqa: E402
+from alexnet_jax.model import network  # noqa: E402
+from alexnet_jax.train import optimizer  # noqa: E402
 from benchmarks import machine  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -52,24 +54,24 @@ PARAMS_ONLY = ('conv1',)  # the image needs no gradient
 NO_BACKWARD = ('optimizer update',)
 
 
-def jax_layers(spec: model.AlexNetSpec, batch: int):
+def jax_layers(spec: network.AlexNetSpec, batch: int):
   """{name: (f(params, x), params, x)} for each layer, on the shapes the network feeds it."""
   rng = np.random.default_rng(0)
   key = jax.random.key(0)
-  params = model.init_params(key, spec)
+  params = network.init_params(key, spec)
   t = spec.num_towers
   f = spec.conv_features
   c1, p1, p2, p5 = spec.feature_sizes()
   normal = lambda *shape: jnp.asarray(rng.normal(0, 1, shape), jnp.float32)
   relu_conv = lambda p, x, stride=1, padding=None: jax.nn.relu(
-      model.conv(x, p['kernel'], p['bias'], stride, padding))
+      network.conv(x, p['kernel'], p['bias'], stride, padding))
   joined = lambda layer: {'kernel': jnp.concatenate(list(params[layer]['kernel']), -1),
                           'bias': jnp.concatenate(list(params[layer]['bias']), -1)}
   per_tower = lambda layer: lambda p, xs: [relu_conv({'kernel': p['kernel'][i],
                                                       'bias': p['bias'][i]}, xs[i])
                                            for i in range(t)]
-  lrn = lambda p, xs: [model.local_response_norm(x) for x in xs]
-  pool = lambda p, xs: [model.max_pool(x) for x in xs]
+  lrn = lambda p, xs: [network.local_response_norm(x) for x in xs]
+  pool = lambda p, xs: [network.max_pool(x) for x in xs]
 
   def dense(layer, h_in):
     p = params[layer]
@@ -79,7 +81,7 @@ def jax_layers(spec: model.AlexNetSpec, batch: int):
 
   def dropout(p, h):
     del p
-    masks = model.dropout_masks(key, jnp.arange(batch), 6, jnp.arange(t), h.shape[-1], 0.5)
+    masks = network.dropout_masks(key, jnp.arange(batch), 6, jnp.arange(t), h.shape[-1], 0.5)
     return h * masks
 
   tx = optimizer.paper_momentum(0.01)
@@ -114,7 +116,7 @@ def jax_layers(spec: model.AlexNetSpec, batch: int):
   }
 
 
-def torch_layers(spec: model.AlexNetSpec, batch: int):
+def torch_layers(spec: network.AlexNetSpec, batch: int):
   import torch
   import torch.nn.functional as F
   nn = torch.nn
@@ -198,7 +200,7 @@ def time_torch(fn, x, params_only=False):
 def main(argv):
   del argv
   quiet = machine.Quiet()
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
   only = {n.strip() for n in FLAGS.only.split(',') if n.strip()}
   jl, tl = jax_layers(spec, FLAGS.batch), torch_layers(spec, FLAGS.batch)
   rows = []

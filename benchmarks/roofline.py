@@ -30,12 +30,16 @@ if __name__ == '__main__':
 
 xla_cpu.configure()
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import model, optimizer, sharding, steps  # noqa: E402
+from alexnet_jax.model import network  # noqa: E402
+from alexnet_jax.parallel import sharding  # noqa: E402
+from alexnet_jax.train import optimizer  # noqa: E402
+from alexnet_jax.train import steps  # noqa: E402
 from benchmarks import layers as layers_lib  # noqa: E402
 
 # Data sheets, dense (no sparsity), per device: (bfloat16 FLOP/s, float32 FLOP/s (TF32
@@ -65,7 +69,7 @@ def nbytes(tree) -> int:
   return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
 
 
-def layer_costs(spec: model.AlexNetSpec, batch: int, dtype) -> list[dict]:
+def layer_costs(spec: network.AlexNetSpec, batch: int, dtype) -> list[dict]:
   """{layer, fwd_flops, train_flops, fwd_bytes, train_bytes, xla_train_bytes} at `batch`."""
   rows = []
   for name, (fn, params, x) in layers_lib.jax_layers(spec, batch).items():
@@ -97,7 +101,7 @@ def layer_costs(spec: model.AlexNetSpec, batch: int, dtype) -> list[dict]:
   return rows
 
 
-def step_cost(spec: model.AlexNetSpec, batch: int, dtype) -> tuple[float, float]:
+def step_cost(spec: network.AlexNetSpec, batch: int, dtype) -> tuple[float, float]:
   """(FLOPs, bytes) of the whole compiled train step on one device (towers on it); the
   bytes: the state and the batch read, the state written."""
   layout = sharding.Layout(sharding.make_mesh(1, 1, jax.devices()[:1]), 'towers')
@@ -119,7 +123,7 @@ def bound_seconds(flops: float, nbytes: float, device: str, dtype: str) -> tuple
   return max(compute, memory), 'compute' if compute >= memory else 'memory'
 
 
-def roofline(spec: model.AlexNetSpec, batch: int, dtype: str) -> dict:
+def roofline(spec: network.AlexNetSpec, batch: int, dtype: str) -> dict:
   """Every layer's and the step's costs with their bounds on each device in DEVICES."""
   jdtype = DTYPES[dtype]
   rows = layer_costs(spec, batch, jdtype)
@@ -177,7 +181,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  spec = model.AlexNetSpec(image_size=FLAGS.image_size)
+  spec = network.AlexNetSpec(image_size=FLAGS.image_size)
   result = roofline(spec, FLAGS.batch, FLAGS.dtype)
   print(markdown(result))
   if FLAGS.json_out:

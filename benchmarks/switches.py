@@ -1,4 +1,4 @@
-"""Each implementation switch (alexnet_jax/implementations.py) timed in the train step of
+"""Each implementation switch (alexnet_jax/model/implementations.py) timed in the train step of
 the 224x224 network, every form against the backend's 'auto' form, interleaved in one run.
 
     python -m benchmarks.switches                       # batch 32 float32 on CPU
@@ -24,12 +24,17 @@ if __name__ == '__main__':
 
 xla_cpu.configure()
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import implementations, model, optimizer, sharding, steps  # noqa: E402
+from alexnet_jax.model import implementations  # noqa: E402
+from alexnet_jax.model import network  # noqa: E402
+from alexnet_jax.parallel import sharding  # noqa: E402
+from alexnet_jax.train import optimizer  # noqa: E402
+from alexnet_jax.train import steps  # noqa: E402
 from benchmarks import machine  # noqa: E402
 
 FIELDS = {'conv1': 'conv1_impl', 'conv1_input': 'conv1_input', 'pool_backward': 'pool_backward',
@@ -127,7 +132,7 @@ def main(argv):
   quiet = machine.Quiet()  # the load before anything compiles
   quiet.start()
   cpu = jax.default_backend() == 'cpu'
-  rows = measure(model.AlexNetSpec(), FLAGS.batch, FLAGS.dtype, FLAGS.steps, FLAGS.repeats,
+  rows = measure(network.AlexNetSpec(), FLAGS.batch, FLAGS.dtype, FLAGS.steps, FLAGS.repeats,
                  gap=0.5 if cpu else 0.0, only=FLAGS.only)
   quiet.stop()
   report = quiet.report()

@@ -11,7 +11,7 @@ Run from the repository root:
 What is timed: one training step (forward, backward, paper momentum update) on a
 synthetic batch.
 
-* JAX: `steps.make_train_step` of `model.AlexNetSpec()` with `optimizer.paper_momentum(0.01)`
+* JAX: `steps.make_train_step` of `network.AlexNetSpec()` with `optimizer.paper_momentum(0.01)`
   and a state from `steps.create_train_state`, for every batch size, compute dtype
   (`float32`, or `bfloat16` activations with float32 parameters) and parallelism mode
   (`towers`, `data`, `hybrid`; the mesh from `sharding.mesh_shape`).
@@ -58,19 +58,21 @@ if __name__ == '__main__':
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 xla_cpu.configure()  # before JAX creates its CPU client
 
-from absl import app, flags  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import flops, model, optimizer, sharding, steps  # noqa: E402
+from alexnet_jax.model import flops  # noqa: E402
+from alexnet_jax.model import network  # noqa: E402
+from alexnet_jax.parallel import sharding  # noqa: E402
+from alexnet_jax.train import optimizer  # noqa: E402
+from alexnet_jax.train import steps  # noqa: E402
 from benchmarks import machine  # noqa: E402
-
-try:
-  import torch
-  import torch.nn.functional as F
-except ImportError:
-  torch = None
+from benchmarks.torch_baselines import TorchVariant  # noqa: E402
+from benchmarks.torch_baselines import torch  # noqa: E402  (None without PyTorch)
+from benchmarks.torch_baselines import torch_variant_names  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -93,7 +95,8 @@ def define_flags() -> None:
   flags.DEFINE_string('json_out', None, 'Write the header and all rows as JSON here.')
 
 
-CARD_FLOPS_PER_IMAGE = 4.35e9  # reference card: training step ~ 3 x 1.449 GFLOP forward
+from benchmarks.torch_baselines import CARD_FLOPS_PER_IMAGE  # noqa: E402
+
 JAX_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -168,112 +171,6 @@ class JaxVariant:
     for _ in range(n):
       self.state, metrics = self.step(self.state, self.images, self.labels)
     jax.block_until_ready((self.state, metrics))
-
-
-def torch_alexnet(spec):
-  """The two-tower network in PyTorch, both towers in one module (groups=2), paper init."""
-  nn = torch.nn
-  f = [2 * c for c in spec.conv_features]
-  (_, pad), _ = spec.conv1_pads()
-
-  class AlexNet(nn.Module):
-
-    def __init__(self):
-      super().__init__()
-      self.conv1 = nn.Conv2d(spec.in_channels, f[0], 11, stride=4)
-      self.conv2 = nn.Conv2d(f[0], f[1], 5, padding=2, groups=2)
-      self.conv3 = nn.Conv2d(f[1], f[2], 3, padding=1)
-      self.conv4 = nn.Conv2d(f[2], f[3], 3, padding=1, groups=2)
-      self.conv5 = nn.Conv2d(f[3], f[4], 3, padding=1, groups=2)
-      self.lrn = nn.LocalResponseNorm(5, 1e-4, 0.75, 2.0)
-      self.pool = nn.MaxPool2d(3, 2)
-      self.fc6 = nn.Linear(f[4] * 6 * 6, 2 * spec.fc_features)
-      self.fc7 = nn.Linear(2 * spec.fc_features, 2 * spec.fc_features)
-      self.fc8 = nn.Linear(2 * spec.fc_features, spec.num_classes)
-      self.dropout = nn.Dropout(0.5)
-      for name, m in self.named_children():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-          nn.init.normal_(m.weight, 0.0, 0.01)
-          nn.init.constant_(m.bias, 1.0 if name in model.ONE_BIAS_LAYERS else 0.0)
-
-    def forward(self, x):
-      x = F.pad(x, (0, pad, 0, pad))  # cuda-convnet sizing: 224 -> 55
-      x = self.pool(self.lrn(F.relu(self.conv1(x))))
-      x = self.pool(self.lrn(F.relu(self.conv2(x))))
-      x = F.relu(self.conv4(F.relu(self.conv3(x))))
-      x = self.pool(F.relu(self.conv5(x))).flatten(1)
-      x = self.dropout(F.relu(self.fc6(x)))
-      x = self.dropout(F.relu(self.fc7(x)))
-      return self.fc8(x)
-
-  return AlexNet()
-
-
-class TorchVariant:
-  """One PyTorch train step: model, optimizer and a synthetic batch on the torch device."""
-
-  framework = 'torch'
-  mode = '1 device'
-  flops_source = 'card'
-
-  def __init__(self, spec, variant: str, batch: int, dtype: str, device):
-    self.variant, self.batch, self.dtype, self.device = variant, batch, dtype, device
-    self.flops = CARD_FLOPS_PER_IMAGE * batch
-    torch.manual_seed(0)
-    if variant.startswith('torchvision'):
-      import torchvision
-      net = torchvision.models.alexnet(num_classes=spec.num_classes)
-    else:
-      net = torch_alexnet(spec)
-    self.amp = dtype == 'bfloat16'  # only offered on GPU
-    memory_format = torch.channels_last if self.amp else torch.contiguous_format
-    net = net.to(device, memory_format=memory_format).train()
-    self.opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    self.net = torch.compile(net, dynamic=False) if variant == 'compile' else net
-    self.images = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size,
-                              device=device).contiguous(memory_format=memory_format) * 60
-    self.labels = torch.randint(0, spec.num_classes, (batch,), device=device)
-    self.memory_bytes = None
-    t0 = time.perf_counter()
-    self.run(1)  # torch.compile compiles here
-    self.compile_s = time.perf_counter() - t0 if variant == 'compile' else None
-
-  def _sync(self):
-    if self.device.type == 'cuda':
-      torch.cuda.synchronize(self.device)
-
-  def run(self, n: int) -> None:
-    cuda = self.device.type == 'cuda'
-    if cuda:
-      torch.cuda.reset_peak_memory_stats(self.device)
-    for _ in range(n):
-      self.opt.zero_grad(set_to_none=True)
-      with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-        loss = F.cross_entropy(self.net(self.images), self.labels)
-      loss.backward()
-      self.opt.step()
-    self._sync()
-    if cuda:
-      self.memory_bytes = max(self.memory_bytes or 0,
-                              torch.cuda.max_memory_allocated(self.device))
-
-
-def torch_variant_names(on_gpu: bool, dtype: str, use_torch: bool = True,
-                        use_compile: bool = True, dry_run: bool = False) -> list[str]:
-  """The PyTorch variants of a (device, dtype): eager, torch.compile and, on GPU,
-  torchvision's alexnet. On CPU torch runs float32 only, except in the GPU check's dry run,
-  which takes the GPU's paths (AMP bfloat16, torchvision) on CPU."""
-  gpu_paths = on_gpu or dry_run
-  if torch is None or not use_torch or (dtype == 'bfloat16' and not gpu_paths):
-    return []
-  names = ['eager'] + (['compile'] if use_compile else [])
-  if gpu_paths:
-    try:
-      import torchvision  # noqa: F401
-      names.append('torchvision alexnet eager')
-    except ImportError:
-      pass
-  return names
 
 
 def measure(variants, steps: int, warmup: int, repeats: int,
@@ -352,7 +249,7 @@ def main(argv):
   steps_per_repeat = FLAGS.steps or (20 if on_gpu else 2)
   warmup = FLAGS.warmup if FLAGS.warmup is not None else (5 if on_gpu else 1)
   matmul_size = FLAGS.matmul_size or (8192 if on_gpu else 2048)
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
 
   header = {
       'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),

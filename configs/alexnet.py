@@ -96,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head_init_std = 0.0
   config.model.init_bias_one = True
   config.model.dtype = 'float32'  # compute dtype; parameters stay float32
-  # How layers are computed (alexnet_jax/implementations.py): the same sums in other forms,
+  # How layers are computed (alexnet_jax/model/implementations.py): the same sums in other forms,
   # 'auto' by backend from measurements.
   config.model.conv1_impl = 'auto'  # space_to_depth | strided
   config.model.conv1_input = 'auto'  # as_is | pad4 (3 -> 4 channels)
@@ -118,7 +118,7 @@ def get_config() -> ml_collections.ConfigDict:
   # A linear ramp of the rate over the first steps (not in the paper, which starts at 0.01):
   # 0 off.
   config.lr_warmup_steps = 0
-  # Transfer (alexnet_jax/fine_tuning.py), not in the paper. init_from: a workdir (its latest
+  # Transfer (alexnet_jax/weights/fine_tuning.py), not in the paper. init_from: a workdir (its latest
   # checkpoint) or one of its checkpoints/<step> to start from, e.g. weights imported by
   # scripts/import_weights.py; layers of the same shapes are loaded, fc8 starts afresh when
   # the classes differ, the optimizer starts afresh. freeze: layers the updates leave as they
@@ -133,13 +133,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.plateau_patience = 1  # evaluations without improvement before a drop
   config.plateau_max_drops = 3  # the paper divided the rate by 10 three times
 
-  # Placement (alexnet_jax/sharding.py).
+  # Placement (alexnet_jax/parallel/sharding.py).
   config.parallelism = 'towers'  # towers | data | hybrid
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1  # -1: the devices left over
   config.mesh.model = 0  # 0: 2 when there are >= 2 devices (towers/hybrid), else 1
 
-  # Several hosts (jax.distributed, alexnet_jax/cluster.py). Empty / -1: JAX's cluster
+  # Several hosts (jax.distributed, alexnet_jax/parallel/cluster.py). Empty / -1: JAX's cluster
   # auto-detection (SLURM, Open MPI, ...), or a single process when nothing is detected.
   config.distributed = ml_collections.ConfigDict()
   config.distributed.coordinator_address = ''
@@ -152,7 +152,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.initialization_timeout_seconds = 300  # to wait for every process to join
 
   # jax.profiler trace of steps start_step..start_step+num_steps-1 into <workdir>/profile/
-  # (alexnet_jax/profiling.py); start_step=-1: off. Only process 0 unless all_hosts.
+  # (alexnet_jax/outputs/profiling.py); start_step=-1: off. Only process 0 unless all_hosts.
   config.profile = ml_collections.ConfigDict()
   config.profile.start_step = -1
   config.profile.num_steps = 5

@@ -1,4 +1,4 @@
-"""Fine-tuning on your own folder of images, from a pretrained workdir (alexnet_jax/fine_tuning.py).
+"""Fine-tuning on your own folder of images, from a pretrained workdir (alexnet_jax/weights/fine_tuning.py).
 
   python launch.py --config=configs/image_folder_finetune.py:bvlc --workdir=runs/mine_tuned \
       --config.init_from=runs/bvlc --config.data.folder=/path/to/images \
@@ -19,7 +19,9 @@ are normalised with the source checkpoint's mean and scale (init_from_inputs), w
 features were learned on.
 """
 
-from configs import bvlc_alexnet, image_folder, torchvision_alexnet
+from configs import bvlc_alexnet
+from configs import image_folder
+from configs import torchvision_alexnet
 
 BASES = {'bvlc': bvlc_alexnet, 'torchvision': torchvision_alexnet, 'small': image_folder}
 

@@ -14,8 +14,8 @@ the central 224, which is this pipeline's centre view. Published for IMAGENET1K_
 measured here): 56.52% top-1, 79.07% top-5.
 """
 
+from alexnet_jax.weights import importers
 from configs import alexnet
-from alexnet_jax import weight_import
 
 
 def get_config():
@@ -27,7 +27,7 @@ def get_config():
   config.model.lrn = False
   config.model.dropout_placement = 'inputs'
   config.data.mean = 'given'
-  config.data.mean_values = weight_import.TORCHVISION_MEAN
+  config.data.mean_values = importers.TORCHVISION_MEAN
   config.data.std = 'given'
-  config.data.std_values = weight_import.TORCHVISION_STD
+  config.data.std_values = importers.TORCHVISION_STD
   return config

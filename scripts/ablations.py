@@ -99,7 +99,7 @@ def train_and_eval(config_path, workdir: pathlib.Path, flags: list[str]) -> dict
 
 def records(workdir: pathlib.Path) -> list[dict]:
   """metrics.jsonl's records (none before the first), read as the figures are."""
-  from alexnet_jax import figures
+  from alexnet_jax.outputs import figures
   path = workdir / 'metrics.jsonl'
   return figures.read_metrics(str(path)) if path.exists() else []
 
@@ -204,7 +204,6 @@ def main(argv=None):
   if bad:
     sys.exit(f'error: after --, only --config.<field>=<value> flags pass through to every run, '
              f'not {bad[0]}.')
-  sys.path.insert(0, str(ROOT))
   import importlib.util
   spec = importlib.util.spec_from_file_location('ablation_config', ROOT / args.config)
   if spec is None or not (ROOT / args.config).exists():

@@ -20,7 +20,8 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-from alexnet_jax.data import sources, stream
+from alexnet_jax.data import sources
+from alexnet_jax.data import stream
 from alexnet_jax.errors import UserError
 
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)

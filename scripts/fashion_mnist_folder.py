@@ -20,7 +20,8 @@ import pathlib
 
 import numpy as np
 
-from alexnet_jax.data import builders, sources
+from alexnet_jax.data import builders
+from alexnet_jax.data import sources
 
 
 def main():

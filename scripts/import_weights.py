@@ -19,7 +19,8 @@ import importlib
 import os
 import sys
 
-from absl import app, flags
+from absl import app
+from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
@@ -55,9 +56,16 @@ def write_checkpoint(config, params: dict, mean: np.ndarray, workdir: str,
                      scale=None) -> str:
   """`params` (numpy, in the config's shapes) as step 0 of `workdir`; its path."""
   import jax
-  from alexnet_jax import checkpoint_config, checkpointing, optimizer, run_setup, sharding, steps
+
+  from alexnet_jax.checkpoint import checkpointing
+  from alexnet_jax.checkpoint import compat
+  from alexnet_jax.model import config as model_config
+  from alexnet_jax.parallel import sharding
+  from alexnet_jax.train import optimizer
+  from alexnet_jax.train import run_setup
+  from alexnet_jax.train import steps
   layout = sharding.Layout(sharding.make_mesh(1, 1, jax.devices()[:1]), 'towers')
-  spec = run_setup.model_spec(config)
+  spec = model_config.model_spec(config)
   tx = run_setup.make_optimizer(config, total_steps=1)
   state = steps.create_train_state(jax.random.key(config.seed), spec, tx, layout)
   state = state.replace(params=jax.device_put(
@@ -66,7 +74,7 @@ def write_checkpoint(config, params: dict, mean: np.ndarray, workdir: str,
   plateau = optimizer.Plateau(factor=config.lr_factor, patience=config.plateau_patience,
                               max_drops=config.plateau_max_drops)
   meta = {'step': 0, 'loader': {'step': 0, 'seed': config.seed},
-          'plateau': plateau.state_dict(), 'config': checkpoint_config.config_dict(config),
+          'plateau': plateau.state_dict(), 'config': compat.config_dict(config),
           'class_names': imagenet_class_names(config.data.num_classes),
           'input_scale': None if scale is None else [float(v) for v in scale]}
   ckpts = checkpointing.Checkpoints(workdir)
@@ -90,21 +98,23 @@ def main(argv):
     config = f.config
     if config is None:  # the config written for these weights (--config for overrides)
       config = importlib.import_module(DEFAULT_CONFIGS[source]).get_config()
-    from alexnet_jax import checkpointing, run_setup, weight_import
-    from alexnet_jax import workdir as workdir_lib
+    from alexnet_jax.checkpoint import checkpointing
+    from alexnet_jax.checkpoint import workdir as workdir_lib
+    from alexnet_jax.model import config as model_config
+    from alexnet_jax.weights import importers
     workdir_lib.check(f.workdir, True)
     workdir = os.path.abspath(os.path.expanduser(f.workdir))
     if os.path.isdir(workdir) and checkpointing.Checkpoints(workdir, read_only=True).steps():
       raise UserError(f'{workdir} already holds checkpoints: import into a new --workdir.')
-    spec = run_setup.model_spec(config)
+    spec = model_config.model_spec(config)
     if f.caffe:
-      params = weight_import.from_caffe(f.caffe, spec)
+      params = importers.from_caffe(f.caffe, spec)
     else:
-      params = weight_import.from_torchvision(f.torchvision, spec)
+      params = importers.from_torchvision(f.torchvision, spec)
     mean = np.asarray(config.data.mean_values, np.float32) if config.data.mean == 'given' else (
         np.zeros((config.data.channels,), np.float32))
     if f.caffe_mean:
-      mean = weight_import.caffe_mean(f.caffe_mean)
+      mean = importers.caffe_mean(f.caffe_mean)
       np.savez(os.path.join(_made(workdir), 'caffe_mean.npz'), mean=mean, count=0)
     scale = None
     if config.data.std == 'given':

@@ -25,6 +25,7 @@ _OWN_CACHE = []
 def pytest_configure(config):
   del config
   import tempfile
+
   from tests import helpers
   if helpers.SHARED_XLA_CACHE not in os.environ:  # launch.py runs share one XLA cache
     _OWN_CACHE.append(tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_'))

@@ -32,10 +32,14 @@ def train_losses(num_steps: int = 3, batch: int = 16, pipeline: str = 'memory') 
   import jax
   import numpy as np
 
-  from alexnet_jax import model, optimizer, sharding, steps
-  from alexnet_jax.data import memory, stream
+  from alexnet_jax.data import memory
+  from alexnet_jax.data import stream
+  from alexnet_jax.model import network
+  from alexnet_jax.parallel import sharding
+  from alexnet_jax.train import optimizer
+  from alexnet_jax.train import steps
 
-  spec = model.AlexNetSpec(**helpers.SPEC_KWARGS)
+  spec = network.AlexNetSpec(**helpers.SPEC_KWARGS)
   layout = sharding.Layout(sharding.make_mesh(4, 2), 'towers')
   rng = np.random.default_rng(0)
   source = None

@@ -1,4 +1,4 @@
-"""launch.py with faults injected through the training loop's hooks (`train.Hooks`):
+"""launch.py with faults injected through the training loop's hooks (`loop.Hooks`):
 
   python -m tests.faults --faults=kill_after_step=3,nan_at_step=4 --config=... --workdir=...
 
@@ -75,9 +75,11 @@ def failing_restores(error: BaseException) -> None:
 
 def make_hooks():
   import errno
+
   import jax
   import jax.numpy as jnp
-  from alexnet_jax import train
+
+  from alexnet_jax.train import loop
 
   items = dict(kv.split('=') for kv in flags.FLAGS.faults.split(',') if kv)
   process = int(items.pop('process', -1))
@@ -104,7 +106,7 @@ def make_hooks():
     note(name, step)
     os.kill(os.getpid(), sig)
 
-  class Faults(train.Hooks):
+  class Faults(loop.Hooks):
 
     def before_step(self, step, images, labels):
       if fault('nan_at_step', step):

@@ -157,8 +157,8 @@ def snapshot(path):
 
 def photo():
   """matplotlib's sample photograph (grace_hopper.jpg, 512 x 600) as an RGB PIL image."""
-  from PIL import Image
   import matplotlib.cbook
+  from PIL import Image
   return Image.open(matplotlib.cbook.get_sample_data('grace_hopper.jpg')).convert('RGB')
 
 

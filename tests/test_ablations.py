@@ -19,7 +19,8 @@ def test_welch_interval_by_hand():
 
 
 def test_variants_are_overrides_of_the_config():
-  from configs import fashion_mnist, image_folder
+  from configs import fashion_mnist
+  from configs import image_folder
   names = set(ablations.variants(fashion_mnist.get_config()))
   assert names == {'baseline', 'no_lrn', 'pool_2x2', 'one_tower_half_width',
                    'one_tower_full_width', 'no_dropout', 'no_reflections'}

@@ -10,8 +10,12 @@ import time
 import pytest
 
 from tests import helpers
-from tests.helpers import assert_bitwise_equal, load_state, one_error_line, steps_on_disk
-from tests.test_preemption import RUN, stopped_line
+from tests.helpers import assert_bitwise_equal
+from tests.helpers import load_state
+from tests.helpers import one_error_line
+from tests.helpers import steps_on_disk
+from tests.test_preemption import RUN
+from tests.test_preemption import stopped_line
 
 LONG = [*RUN, '--config.num_train_steps=40', '--config.log_every_steps=5',
         '--config.eval_every_steps=20', '--config.checkpoint_every_steps=4']

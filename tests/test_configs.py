@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import model, run_setup
+from alexnet_jax.model import config as model_config
+from alexnet_jax.model import network
 
 DATA = pathlib.Path(__file__).parents[1] / 'data' / 'fashion_mnist'
 CONFIGS = sorted(p.stem for p in pathlib.Path(__file__).parents[1].glob('configs/*.py')
@@ -36,11 +37,11 @@ def real_images(size, channels, batch, seed):
 
 
 def first_loss(config, seed, batch=16):
-  spec = run_setup.model_spec(config)
-  params = model.init_params(jax.random.key(seed), spec)
+  spec = model_config.model_spec(config)
+  params = network.init_params(jax.random.key(seed), spec)
   images = real_images(spec.image_size, spec.in_channels, batch, seed)
   labels = np.random.default_rng(seed).integers(0, spec.num_classes, batch)
-  logits = model.apply(params, images, spec, train=True, dropout_key=jax.random.key(seed),
+  logits = network.apply(params, images, spec, train=True, dropout_key=jax.random.key(seed),
                        example_ids=np.arange(batch))
   log_probs = np.asarray(jax.nn.log_softmax(np.asarray(logits, np.float64)))
   return -log_probs[np.arange(batch), labels].mean()

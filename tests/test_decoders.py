@@ -6,7 +6,9 @@ import io
 import numpy as np
 import pytest
 
-from alexnet_jax.data import decoders, stream, transforms
+from alexnet_jax.data import decoders
+from alexnet_jax.data import stream
+from alexnet_jax.data import transforms
 from tests import helpers
 
 

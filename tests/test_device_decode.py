@@ -5,12 +5,13 @@ import io
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-from alexnet_jax import pixels
-from alexnet_jax.data import device_decode, stream
+from alexnet_jax.data import device_decode
+from alexnet_jax.data import stream
 from alexnet_jax.errors import BadDataError
+from alexnet_jax.model import pixels
 
 SIZE, CROP = 40, 32
 
@@ -123,8 +124,8 @@ def test_place_decodes_rows_once_and_copies_them_across_the_model_axis():
     ({'decode_on': 'gpu'}, 'data.decode_on'),
 ])
 def test_device_decode_configs_that_cannot_work_fail_in_one_sentence(change, expected):
-  from alexnet_jax import run_setup
   from alexnet_jax.errors import ConfigError
+  from alexnet_jax.train import run_setup
   from configs import alexnet
   config = alexnet.get_config()
   config.data.decode_on = 'device'

@@ -5,11 +5,13 @@ probability must stay finite)."""
 import jax
 import numpy as np
 
-from alexnet_jax import model, sharding, steps
-from alexnet_jax.pixels import pixel_batch
+from alexnet_jax.model import network
+from alexnet_jax.model.pixels import pixel_batch
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import steps
 from tests import helpers
 
-SPEC = model.AlexNetSpec(**helpers.SPEC_KWARGS)
+SPEC = network.AlexNetSpec(**helpers.SPEC_KWARGS)
 
 
 def reference(logits, labels, weights):
@@ -32,7 +34,7 @@ def reference(logits, labels, weights):
 
 def test_centre_and_ten_crop_metrics_match_numpy():
   layout = sharding.Layout(sharding.make_mesh(1, 1, jax.devices()[:1]), 'towers')
-  params = model.init_params(jax.random.key(0), SPEC)
+  params = network.init_params(jax.random.key(0), SPEC)
   # Logits 300-400 apart: float32 softmaxes underflow to 0, float64 ones do not.
   host_params = jax.tree.map(lambda p: np.asarray(p) * 2.6, params)
   params = jax.device_put(host_params, layout.param_shardings(host_params))
@@ -42,7 +44,7 @@ def test_centre_and_ten_crop_metrics_match_numpy():
   labels = np.array([1, 2, 3, 4], np.int32)
   weights = np.array([1, 1, 1, 0], np.float32)
   eval_step = steps.make_eval_step(SPEC, layout, mean=mean)
-  apply = jax.jit(lambda x: model.apply(host_params, x, SPEC))
+  apply = jax.jit(lambda x: network.apply(host_params, x, SPEC))
   views = pixels.astype(np.float32) - mean
   logits = np.asarray(apply(views.reshape(40, 32, 32, 3))).reshape(4, 10, -1)
   gaps = logits.max(-1) - logits.min(-1)

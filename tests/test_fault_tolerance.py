@@ -15,8 +15,13 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from tests.helpers import (assert_bitwise_equal, finish, load_state, one_error_line, records,
-                           snapshot, steps_on_disk)
+from tests.helpers import assert_bitwise_equal
+from tests.helpers import finish
+from tests.helpers import load_state
+from tests.helpers import one_error_line
+from tests.helpers import records
+from tests.helpers import snapshot
+from tests.helpers import steps_on_disk
 
 BASE = [*helpers.SMALL_MODEL, '--config.model.init_std=0.05', '--config.data.crop_pad=2',
         '--config.num_train_steps=10', '--config.log_every_steps=1']

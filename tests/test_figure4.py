@@ -5,17 +5,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import figure4, model, pixels
 from alexnet_jax.data import batching
+from alexnet_jax.model import network
+from alexnet_jax.model import pixels
+from alexnet_jax.outputs import figure4
 from tests.test_sharding import SMALL
 
 
 def test_fc7_is_what_fc8_reads():
-  params = model.init_params(jax.random.key(0), SMALL)
+  params = network.init_params(jax.random.key(0), SMALL)
   x = np.random.default_rng(0).normal(0, 60, (4, 32, 32, 3)).astype(np.float32)
   with jax.default_matmul_precision('highest'):
-    logits, fc7 = model.apply(params, jnp.asarray(x), SMALL, with_fc7=True)
-    plain = model.apply(params, jnp.asarray(x), SMALL)
+    logits, fc7 = network.apply(params, jnp.asarray(x), SMALL, with_fc7=True)
+    plain = network.apply(params, jnp.asarray(x), SMALL)
   w8 = np.asarray(params['fc8']['kernel'], np.float64)  # (T, units, classes)
   want = np.asarray(fc7, np.float64) @ w8.reshape(-1, w8.shape[-1]) + np.asarray(
       params['fc8']['bias'], np.float64)
@@ -45,7 +47,7 @@ def test_both_figures_are_written(tmp_path):
                            class_names=tuple(f'class {i}' for i in range(10)))
   data = batching.Data(info=info, mean=np.zeros(3, np.float32), loader=None,
                        eval_read=lambda indices, ten_crop: read(indices), train_read=read)
-  params = model.init_params(jax.random.key(0), SMALL)
+  params = network.init_params(jax.random.key(0), SMALL)
   paths = figure4.save(params, SMALL, data, np.zeros(3, np.float32), None, info.class_names,
                        str(tmp_path), 7, train_sample=25)
   assert [p.rsplit('/', 1)[1] for p in paths] == ['figure4_top5_step7.png',

@@ -8,10 +8,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from alexnet_jax import model, optimizer, steps
+from alexnet_jax.model import network
+from alexnet_jax.train import optimizer
+from alexnet_jax.train import steps
 from tests import helpers
-from tests.helpers import SMALL_MODEL, load_state, one_error_line, snapshot
-from tests.test_sharding import SMALL, layout_for
+from tests.helpers import SMALL_MODEL
+from tests.helpers import load_state
+from tests.helpers import one_error_line
+from tests.helpers import snapshot
+from tests.test_sharding import SMALL
+from tests.test_sharding import layout_for
 
 CONVS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5')
 
@@ -59,8 +65,8 @@ def test_the_compiled_step_has_no_convolution_for_a_frozen_layers_gradient():
   layout = layout_for('towers', 1, 1)
   images = jax.ShapeDtypeStruct((16, 32, 32, 3), np.float32, sharding=layout.batch_sharding())
   labels = jax.ShapeDtypeStruct((16,), np.int32, sharding=layout.label_sharding())
-  params = jax.eval_shape(lambda: model.init_params(jax.random.key(0), SMALL))
-  forward = convolutions(jax.jit(lambda p, x: model.apply(p, x, SMALL)).lower(
+  params = jax.eval_shape(lambda: network.init_params(jax.random.key(0), SMALL))
+  forward = convolutions(jax.jit(lambda p, x: network.apply(p, x, SMALL)).lower(
       params, images).compile().as_text())
   counts = {}
   for frozen in ((), CONVS):
@@ -126,6 +132,7 @@ def test_a_source_that_does_not_fit_fails_in_one_sentence_before_anything_is_wri
 def saved_normalisation(workdir, step):
   """The mean and input_scale a checkpoint holds, read with orbax and json directly."""
   import json
+
   import orbax.checkpoint as ocp
   path = workdir.absolute() / 'checkpoints' / str(step)
   inputs = ocp.PyTreeCheckpointer().restore(
@@ -171,8 +178,8 @@ def test_a_fine_tune_normalises_as_its_source_did_and_keeps_it_when_resumed(tmp_
 ], ids=['prepared size', 'no prepared size', 'channels', 'memory size'])
 def test_a_source_normalisation_that_does_not_fit_fails_in_one_sentence(mean, scale, data,
                                                                        needs):
-  from alexnet_jax import fine_tuning
   from alexnet_jax.errors import ConfigError
+  from alexnet_jax.weights import fine_tuning
   d = ml_collections.ConfigDict(dict(dict(pipeline='stream', prepared_size=36, image_size=32,
                                           channels=3), **data))
   normalisation = (np.ones(mean, np.float32), None if scale is None else np.ones(scale))
@@ -182,7 +189,7 @@ def test_a_source_normalisation_that_does_not_fit_fails_in_one_sentence(mean, sc
 
 
 def test_a_source_normalisation_that_fits_is_taken_as_it_is():
-  from alexnet_jax import fine_tuning
+  from alexnet_jax.weights import fine_tuning
   d = ml_collections.ConfigDict(dict(pipeline='stream', prepared_size=36, image_size=32,
                                      channels=3))
   mean, scale = np.arange(36 * 36 * 3, dtype=np.float32).reshape(36, 36, 3), np.ones(3)

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from alexnet_jax import flops
+from alexnet_jax.model import flops
 
 
 def fake(kind, platform='gpu', process_index=0):

@@ -16,8 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, model
-from tests import helpers, reference, test_sharding
+from alexnet_jax.checkpoint import checkpointing
+from alexnet_jax.model import network
+from tests import helpers
+from tests import reference
+from tests import test_sharding
 
 pytestmark = pytest.mark.gpu
 
@@ -25,7 +28,7 @@ pytestmark = pytest.mark.gpu
 @functools.lru_cache(maxsize=1)
 def _float64_case():
   """Random parameters and images with the float64 NumPy logits (computed once)."""
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
   params64 = reference.random_params(spec.param_shapes(), 0)
   images = np.random.default_rng(1).uniform(-120, 120, (2, 224, 224, 3))
   return spec, params64, images, reference.forward(params64, images, spec.conv1_stride,
@@ -36,7 +39,7 @@ def _relative_error(dtype, precision):
   spec, params64, images, want = _float64_case()
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params64)
   with jax.default_matmul_precision(precision):
-    got = jax.jit(lambda p, x: model.apply(p, x, spec, compute_dtype=dtype))(
+    got = jax.jit(lambda p, x: network.apply(p, x, spec, compute_dtype=dtype))(
         params, jnp.asarray(images, jnp.float32))
   assert np.abs(want).max() > 1.0  # a non-trivial output
   return float(np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max())

@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from alexnet_jax import run_setup
 from alexnet_jax.data import sources
+from alexnet_jax.model import config as model_config
 from tests import helpers
 from tests.helpers import SMALL_MODEL
 
@@ -23,7 +23,7 @@ def launch(config, workdir, *overrides, devices=1):
 def test_alexnet_config_is_the_papers_network():
   from configs import alexnet
   config = alexnet.get_config()
-  assert run_setup.model_spec(config).num_params() == 60_965_224
+  assert model_config.model_spec(config).num_params() == 60_965_224
   assert (config.batch_size, config.num_epochs, config.learning_rate, config.momentum,
           config.weight_decay) == (128, 90, 0.01, 0.9, 0.0005)
 
@@ -172,8 +172,10 @@ def test_pixel_statistics_script_feeds_the_pipeline(tmp_path):
   """scripts/compute_pixel_statistics.py reads the config's training images as training
   does; its mean is the float64 mean of the prepared images, and data.statistics makes the
   pipeline subtract it (without the file, the pipeline computes the same at start-up)."""
+  from alexnet_jax.data import input_pipeline
+  from alexnet_jax.data import stream
+  from alexnet_jax.data import transforms
   from configs import image_folder
-  from alexnet_jax.data import input_pipeline, stream, transforms
   helpers.make_small_folder(tmp_path / 'images', train=4, test=2)
   overrides = [f'--config.data.folder={tmp_path / "images"}',
                f'--config.data.data_dir={tmp_path / "tfds"}']
@@ -271,6 +273,7 @@ def test_echoes_of_a_damaged_checkpoints_other_reads_stay_out_of_the_log():
   the others' errors surface later as unraisable coroutines or as asyncio's "exception was
   never retrieved". Those stay out; the same errors from elsewhere stay in."""
   import logging
+
   import launch as entry
 
   def raised_in(filename):

@@ -5,9 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import sharding
-from alexnet_jax.data import batching, memory
+from alexnet_jax.data import batching
+from alexnet_jax.data import memory
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.parallel import sharding
 from tests import reference
 
 

@@ -4,12 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import model, optimizer, sharding, steps
+from alexnet_jax.model import network
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import optimizer
+from alexnet_jax.train import steps
 from tests import helpers
 
 
 def test_bfloat16_compute_trains_with_float32_state():
-  spec = model.AlexNetSpec(**{**helpers.SPEC_KWARGS, 'dropout_rate': 0.0})
+  spec = network.AlexNetSpec(**{**helpers.SPEC_KWARGS, 'dropout_rate': 0.0})
   layout = sharding.Layout(sharding.make_mesh(1, 1, jax.devices()[:1]), 'towers')
   tx = optimizer.paper_momentum(0.01)
   state = steps.create_train_state(jax.random.key(0), spec, tx, layout)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import model
+from alexnet_jax.model import network
 from tests import reference
 
 # Reference card: parameters per layer of the two-tower net.
@@ -14,7 +14,7 @@ CARD_PARAMS = {'conv1': 34_944, 'conv2': 307_456, 'conv3': 885_120, 'conv4': 663
 
 
 def test_parameter_count_matches_the_paper():
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
   shapes = spec.param_shapes()
   for layer, count in CARD_PARAMS.items():
     assert sum(int(np.prod(s)) for s in shapes[layer].values()) == count, layer
@@ -22,14 +22,14 @@ def test_parameter_count_matches_the_paper():
 
 
 def test_feature_map_sizes_match_the_paper():
-  assert model.AlexNetSpec().feature_sizes() == [55, 27, 13, 6]
+  assert network.AlexNetSpec().feature_sizes() == [55, 27, 13, 6]
   # 'cuda_convnet' padding: 3 px of zeros at the bottom/right for 224 inputs.
-  assert model.AlexNetSpec().conv1_pads() == ((0, 3), (0, 3))
+  assert network.AlexNetSpec().conv1_pads() == ((0, 3), (0, 3))
 
 
 def test_init_follows_section_5():
-  spec = model.AlexNetSpec()
-  params = model.init_params(jax.random.key(0), spec)
+  spec = network.AlexNetSpec()
+  params = network.init_params(jax.random.key(0), spec)
   for layer in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7'):
     np.testing.assert_array_equal(params[layer]['bias'], 1.0)
   for layer in ('conv1', 'conv3', 'fc8'):
@@ -41,13 +41,13 @@ def test_init_follows_section_5():
 def test_lrn_hand_computed():
   # One pixel, 3 channels, n=5 -> every channel's window covers all 3.
   a = np.array([1.0, 2.0, 3.0])
-  got = model.local_response_norm(jnp.asarray(a, jnp.float32)[None], k=2.0, n=5, alpha=1e-4,
+  got = network.local_response_norm(jnp.asarray(a, jnp.float32)[None], k=2.0, n=5, alpha=1e-4,
                                   beta=0.75)
   want = a / (2.0 + 1e-4 / 5 * 14.0) ** 0.75
   np.testing.assert_allclose(np.asarray(got)[0], want, rtol=1e-6)
   # 7 channels: channel 0 sees 0..2, channel 3 sees 1..5.
   a = np.arange(1.0, 8.0) * 30
-  got = np.asarray(model.local_response_norm(jnp.asarray(a, jnp.float32)[None]))[0]
+  got = np.asarray(network.local_response_norm(jnp.asarray(a, jnp.float32)[None]))[0]
   np.testing.assert_allclose(got[0], a[0] / (2 + 2e-5 * (a[0:3] ** 2).sum()) ** 0.75, rtol=1e-6)
   np.testing.assert_allclose(got[3], a[3] / (2 + 2e-5 * (a[1:6] ** 2).sum()) ** 0.75, rtol=1e-6)
 
@@ -57,7 +57,7 @@ def test_lrn_gradient_matches_finite_differences():
   with jax.enable_x64(True):
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 400, (2, 3, 7)))
     w = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 7)))
-    f = jax.jit(lambda x: jnp.sum(w * model.local_response_norm(x)))
+    f = jax.jit(lambda x: jnp.sum(w * network.local_response_norm(x)))
     grad = jax.grad(f)(x)
     for idx in [(0, 0, 0), (0, 1, 3), (1, 2, 6), (1, 0, 5)]:
       e = jnp.zeros_like(x).at[idx].set(1e-4)
@@ -71,18 +71,18 @@ def _random_params(spec, seed):
 
 
 def test_forward_matches_float64_numpy_full_model():
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
   params64 = _random_params(spec, 0)
   images = np.random.default_rng(1).uniform(-120, 120, (2, 224, 224, 3))
   want = reference.forward(params64, images, 4, spec.conv1_pads())
   params32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params64)
-  got = jax.jit(lambda p, x: model.apply(p, x, spec))(params32, jnp.asarray(images, jnp.float32))
+  got = jax.jit(lambda p, x: network.apply(p, x, spec))(params32, jnp.asarray(images, jnp.float32))
   rel = np.abs(np.asarray(got, np.float64) - want).max() / np.abs(want).max()
   assert np.abs(want).max() > 1.0  # a non-trivial output
   assert rel < 1e-5, rel
 
 
-TINY = model.AlexNetSpec(num_classes=5, image_size=16, in_channels=2, num_towers=2,
+TINY = network.AlexNetSpec(num_classes=5, image_size=16, in_channels=2, num_towers=2,
                          conv_features=(3, 4, 3, 3, 2), conv_kernels=(3, 3, 3, 3, 3),
                          conv1_stride=1, conv1_padding='same', fc_features=4)
 
@@ -91,7 +91,7 @@ def test_tiny_variant_matches_numpy():
   params64 = _random_params(TINY, 2)
   images = np.random.default_rng(3).uniform(-100, 100, (3, 16, 16, 2))
   want = reference.forward(params64, images, 1, TINY.conv1_pads())
-  got = model.apply(jax.tree.map(jnp.asarray, params64), jnp.asarray(images, jnp.float32), TINY)
+  got = network.apply(jax.tree.map(jnp.asarray, params64), jnp.asarray(images, jnp.float32), TINY)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
@@ -102,7 +102,7 @@ def test_gradient_matches_finite_differences():
     labels = jnp.array([1, 3])
 
     def loss(p):
-      logits = model.apply(p, images, TINY, compute_dtype=jnp.float64)
+      logits = network.apply(p, images, TINY, compute_dtype=jnp.float64)
       return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(2), labels])
 
     loss = jax.jit(loss)
@@ -122,8 +122,8 @@ def test_gradient_matches_finite_differences():
 
 def test_dropout_masks_depend_only_on_example_and_tower():
   key = jax.random.key(0)
-  full = model.dropout_masks(key, jnp.arange(8), 6, [0, 1], 16, 0.5)
-  part = model.dropout_masks(key, jnp.arange(4, 8), 6, [1], 16, 0.5)
+  full = network.dropout_masks(key, jnp.arange(8), 6, [0, 1], 16, 0.5)
+  part = network.dropout_masks(key, jnp.arange(4, 8), 6, [1], 16, 0.5)
   np.testing.assert_array_equal(full[1, 4:], part[0])
   assert set(np.unique(np.asarray(full))) == {0.0, 2.0}
   assert 0.35 < float((full > 0).mean()) < 0.65
@@ -137,7 +137,7 @@ def test_dropout_masks_depend_only_on_example_and_tower():
      [28, 13, 6, 2]),  # configs/fashion_mnist.py
 ])
 def test_feature_sizes(kwargs, expected):
-  assert model.AlexNetSpec(**kwargs).feature_sizes() == expected
+  assert network.AlexNetSpec(**kwargs).feature_sizes() == expected
 
 
 @pytest.mark.parametrize('size,kernel,stride,pads', [
@@ -148,7 +148,7 @@ def test_space_to_depth_conv_is_the_strided_convolution(size, kernel, stride, pa
   w = rng.normal(size=(kernel, kernel, 3, 8))
   b = rng.normal(size=8)
   with jax.enable_x64(True):
-    got = model.space_to_depth_conv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), stride, pads)
+    got = network.space_to_depth_conv(jnp.asarray(x), jnp.asarray(w), jnp.asarray(b), stride, pads)
   np.testing.assert_allclose(np.asarray(got), reference.conv2d(x, w, b, stride, pads),
                              rtol=1e-10, atol=1e-10)
 
@@ -161,7 +161,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window, stri
   x = rng.integers(0, 4, size=(2, 9, 11, 3)).astype(np.float32)
   oh, ow = (9 - window) // stride + 1, (11 - window) // stride + 1
   g = rng.normal(size=(2, oh, ow, 3)).astype(np.float32)
-  out, vjp = jax.vjp(lambda v: model.max_pool(v, window, stride, backward), jnp.asarray(x))
+  out, vjp = jax.vjp(lambda v: network.max_pool(v, window, stride, backward), jnp.asarray(x))
   want_out = np.zeros(g.shape)
   want_grad = np.zeros(x.shape)
   for n in range(2):
@@ -176,7 +176,7 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(window, stri
   np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(g))[0]), want_grad, rtol=1e-6)
 
 
-# ---- implementation switches (alexnet_jax/implementations.py): every form is exact -------------
+# ---- implementation switches (alexnet_jax/model/implementations.py): every form is exact -------------
 
 SWITCHES = [('conv1_impl', 'space_to_depth'), ('conv1_impl', 'strided'),
             ('conv1_input', 'as_is'), ('conv1_input', 'pad4'),
@@ -184,7 +184,7 @@ SWITCHES = [('conv1_impl', 'space_to_depth'), ('conv1_impl', 'strided'),
             ('tower_conv', 'per_tower'), ('tower_conv', 'grouped'),
             ('lrn_impl', 'custom'), ('lrn_impl', 'autodiff')]
 # conv1 11x11 stride 4 (the space-to-depth form), two towers on one device (grouped).
-STRIDED = model.AlexNetSpec(num_classes=5, image_size=67, in_channels=3, num_towers=2,
+STRIDED = network.AlexNetSpec(num_classes=5, image_size=67, in_channels=3, num_towers=2,
                             conv_features=(4, 6, 4, 4, 2), conv_kernels=(11, 5, 3, 3, 3),
                             conv1_stride=4, conv1_padding='cuda_convnet', fc_features=6)
 
@@ -199,12 +199,12 @@ def test_every_form_of_every_switch_matches_float64_numpy(field, value):
   images = np.random.default_rng(8).uniform(-100, 100, (3, 67, 67, 3))
   labels = np.array([1, 3, 4])
   want = reference.forward(params64, images, 4, spec.conv1_pads())
-  got = jax.jit(lambda p, x: model.apply(p, x, spec))(
+  got = jax.jit(lambda p, x: network.apply(p, x, spec))(
       jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), params64), jnp.asarray(images, jnp.float32))
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
   with jax.enable_x64(True):
     p64 = jax.tree.map(jnp.asarray, params64)
-    loss = lambda p: -jnp.mean(jax.nn.log_softmax(model.apply(
+    loss = lambda p: -jnp.mean(jax.nn.log_softmax(network.apply(
         p, jnp.asarray(images), spec, compute_dtype=jnp.float64))[jnp.arange(3), labels])
     grads = jax.jit(jax.grad(loss))(p64)
   rng = np.random.default_rng(9)

@@ -11,8 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import figures, flops, metrics, run_setup
-from alexnet_jax import steps as steps_lib
+from alexnet_jax.model import config as model_config
+from alexnet_jax.model import flops
+from alexnet_jax.outputs import figures
+from alexnet_jax.train import metrics
+from alexnet_jax.train import run_setup
+from alexnet_jax.train import steps as steps_lib
 from tests import helpers
 from tests.helpers import SMALL_MODEL
 
@@ -63,7 +67,7 @@ def read_tfrecords(path):
 
 def test_derived_flops_are_the_reference_cards():
   from configs import alexnet
-  spec = run_setup.model_spec(alexnet.get_config())
+  spec = model_config.model_spec(alexnet.get_config())
   macs = flops.layer_macs(spec)
   card = {'conv1': 105.4e6, 'conv2': 223.9e6, 'conv3': 149.5e6, 'conv4': 112.1e6,
           'conv5': 74.8e6}
@@ -84,7 +88,7 @@ def test_compiled_train_step_flops_agree_with_the_derived_count():
   config = synthetic.get_config()
   batch = 4
   layout = run_setup.build_layout(config, jax.devices()[:1])
-  spec = run_setup.model_spec(config)
+  spec = model_config.model_spec(config)
   tx = run_setup.make_optimizer(config, 10)
   state = steps_lib.abstract_train_state(spec, tx, layout)
   step = steps_lib.make_train_step(spec, layout, tx, batch)

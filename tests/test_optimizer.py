@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import optimizer
+from alexnet_jax.train import optimizer
 
 
 def paper_rule(w, grads, lrs, momentum=0.9, wd=0.0005):

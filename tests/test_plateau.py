@@ -5,7 +5,9 @@ from the run's own evaluations, and across a kill and a resume."""
 import pytest
 
 from tests import helpers
-from tests.helpers import assert_bitwise_equal, load_state, records
+from tests.helpers import assert_bitwise_equal
+from tests.helpers import load_state
+from tests.helpers import records
 
 PLATEAU = [*helpers.SMALL_MODEL, '--config.model.init_std=0.05', '--config.lr_schedule=plateau',
            '--config.plateau_patience=2', '--config.plateau_max_drops=2',

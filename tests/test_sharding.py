@@ -10,10 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import comm, model, optimizer, sharding, steps
-from tests import distributed_worker, helpers
+from alexnet_jax.model import network
+from alexnet_jax.parallel import comm
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import optimizer
+from alexnet_jax.train import steps
+from tests import distributed_worker
+from tests import helpers
 
-SMALL = model.AlexNetSpec(**helpers.SPEC_KWARGS)
+SMALL = network.AlexNetSpec(**helpers.SPEC_KWARGS)
 MESHES = [('towers', 1, 1), ('towers', 1, 2), ('towers', 4, 2), ('data', 8, 1), ('hybrid', 4, 2)]
 
 
@@ -62,7 +67,7 @@ def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh()
   """The loaders' batches (uint8 pixels, windows into a per-pixel mean, PCA shifts) are
   normalised by each device for its rows: same losses as float32 batches normalised on the
   host (reference.normalize_view), on every mesh."""
-  from alexnet_jax.pixels import pixel_batch
+  from alexnet_jax.model.pixels import pixel_batch
   from tests import reference
   rng = np.random.default_rng(0)
   batch, size = 16, SMALL.image_size
@@ -97,7 +102,7 @@ def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh()
 
 def test_dropout_matters_and_is_mesh_independent():
   # With dropout off the losses differ from the run above: the masks are used.
-  spec = model.AlexNetSpec(**{**helpers.SPEC_KWARGS, 'dropout_rate': 0.0})
+  spec = network.AlexNetSpec(**{**helpers.SPEC_KWARGS, 'dropout_rate': 0.0})
   with_dropout, _ = five_step_losses(layout_for('towers', 1, 1))
   without, _ = five_step_losses(layout_for('towers', 1, 1), spec)
   assert np.abs(with_dropout - without).max() > 1e-4
@@ -116,7 +121,7 @@ def compiled_collectives(layout, spec, batch):
 
 @pytest.mark.parametrize('data', [1, 4])
 def test_towers_mode_moves_only_the_joins_across_model(data):
-  spec, batch = model.AlexNetSpec(), 8 * data
+  spec, batch = network.AlexNetSpec(), 8 * data
   colls = compiled_collectives(layout_for('towers', data, 2), spec, batch)
   across_model = [c for c in colls if c.group_size > 1 and c.axes != 'data']
   big = [c for c in across_model if c.result_bytes > 64]  # not a metric scalar
@@ -138,7 +143,7 @@ def test_grouped_tower_convolutions_add_no_collective():
   hybrid mode each device holds both conv towers and runs conv2, conv4 and conv5 as grouped
   convolutions under shard_map: the compiled collectives are the per-tower step's."""
   def traffic(tower_conv):
-    spec = model.AlexNetSpec(tower_conv=tower_conv)
+    spec = network.AlexNetSpec(tower_conv=tower_conv)
     colls = compiled_collectives(layout_for('hybrid', 4, 2), spec, 16)
     return sorted((c.op, c.axes, c.result_bytes) for c in colls if c.group_size > 1)
   grouped = traffic('grouped')
@@ -146,12 +151,12 @@ def test_grouped_tower_convolutions_add_no_collective():
 
 
 def test_data_mode_only_reduces_gradients():
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
   colls = [c for c in compiled_collectives(layout_for('data', 8, 1), spec, 16)
            if c.group_size > 1]
   assert {c.op for c in colls} == {'all-reduce'}
   # conv1's kernel gradient is reduced in the space-to-depth form the step computes it in
-  # (model.space_to_depth_conv): 3x3x48 taps per filter, not 11x11x3.
+  # (network.space_to_depth_conv): 3x3x48 taps per filter, not 11x11x3.
   grad_bytes = 4 * (60_965_224 + (3 * 3 * 48 - 11 * 11 * 3) * 96)
   total = sum(c.result_bytes for c in colls)
   assert grad_bytes <= total <= grad_bytes + 64  # + a few metric scalars
@@ -167,7 +172,7 @@ def per_device_bytes(state, device):
 
 
 def test_towers_halves_parameter_and_optimizer_memory():
-  spec = model.AlexNetSpec()
+  spec = network.AlexNetSpec()
   tx = optimizer.paper_momentum(0.01)
   single = steps.create_train_state(jax.random.key(0), spec, tx, layout_for('towers', 1, 1))
   one = per_device_bytes(single, jax.devices()[0])
@@ -180,7 +185,7 @@ def test_towers_halves_parameter_and_optimizer_memory():
 @pytest.mark.parametrize('args,message', [
     ((8, 3, 2, 'towers', 2), 'needs 6 devices but 8'),
     ((8, -1, 3, 'towers', 2), 'does not divide the 8 devices'),
-    ((8, 2, 4, 'towers', 2), 'does not divide model.num_towers=2'),
+    ((8, 2, 4, 'towers', 2), 'does not divide network.num_towers=2'),
     ((8, -1, -1, 'towers', 2), 'Only one of'),
     ((8, -1, 0, 'pipeline', 2), "parallelism='pipeline'"),
 ])
@@ -240,7 +245,7 @@ COLLECTIVE_OPS = ('all-reduce', 'all-gather', 'reduce-scatter', 'collective-perm
 def test_no_collective_runs_over_a_mesh_axis_of_size_one(parallelism, data, model_):
   """A collective over a group of one is a copy of the whole operand on CPU (on 1x1 the
   gradient all-reduce alone moved 244 MB per step): the compiled step has none."""
-  spec, batch = model.AlexNetSpec(), 8
+  spec, batch = network.AlexNetSpec(), 8
   layout = layout_for(parallelism, data, model_)
   tx = optimizer.paper_momentum(0.01)
   state = steps.abstract_train_state(spec, tx, layout)

@@ -9,10 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax.data import builders, sources, transforms
-from alexnet_jax.errors import BadDataError, DatasetNotFoundError
+from alexnet_jax.data import builders
+from alexnet_jax.data import sources
+from alexnet_jax.data import transforms
+from alexnet_jax.errors import BadDataError
+from alexnet_jax.errors import DatasetNotFoundError
 from tests import helpers
-
 
 # ---- Fashion-MNIST ------------------------------------------------------------------------
 
@@ -172,8 +174,8 @@ class _HideTensorFlow:
 
 def test_imagenet2012_prepares_from_the_official_tars_without_tensorflow(tmp_path,
                                                                         monkeypatch):
-  import tensorflow_datasets as tfds
   from PIL import Image
+  import tensorflow_datasets as tfds
 
   # Importing TensorFlow fails during the test, even where it is installed.
   for name in [m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.')]:
@@ -257,9 +259,8 @@ def test_missing_splits_and_classes_without_training_images(tmp_path, caplog):
 
 def test_a_bomb_in_a_folder_is_a_bad_record_and_a_turned_photo_is_stored_upright(tmp_path,
                                                                                  caplog):
-  import numpy as np
-  import tensorflow_datasets as tfds
   from PIL import Image
+  import tensorflow_datasets as tfds
   helpers.make_folder(tmp_path / 'images')
   (tmp_path / 'images' / 'train' / 'dog' / 'bomb.png').write_bytes(helpers.bomb_png())
   upright = Image.new('RGB', (90, 60), (220, 40, 40))

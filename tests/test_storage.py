@@ -11,8 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from alexnet_jax import workdir as workdir_lib
-from alexnet_jax.data import sources, storage
+from alexnet_jax.checkpoint import workdir as workdir_lib
+from alexnet_jax.data import sources
+from alexnet_jax.data import storage
 from alexnet_jax.errors import NoFileLocksError
 from tests import helpers
 from tests.helpers import one_error_line

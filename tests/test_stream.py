@@ -11,12 +11,14 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import pixels, sharding
 from alexnet_jax.data import batching
 from alexnet_jax.data import stream
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import BadDataError
-from tests import helpers, reference
+from alexnet_jax.model import pixels
+from alexnet_jax.parallel import sharding
+from tests import helpers
+from tests import reference
 
 AUGMENT = stream.Augment(prepared_size=32, crop_size=24)
 

@@ -6,10 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import model, optimizer, sharding, steps
+from alexnet_jax.model import network
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import optimizer
+from alexnet_jax.train import steps
 from tests import reference
 
-SPEC = model.AlexNetSpec(num_classes=5, image_size=16, in_channels=2, num_towers=2,
+SPEC = network.AlexNetSpec(num_classes=5, image_size=16, in_channels=2, num_towers=2,
                          conv_features=(3, 4, 3, 3, 2), conv_kernels=(3, 3, 3, 3, 3),
                          conv1_stride=1, conv1_padding='same', fc_features=4, dropout_rate=0.0)
 LR, MOMENTUM, DECAY = 0.01, 0.9, 0.0005

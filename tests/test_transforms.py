@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax.data import transforms as T
-from tests import helpers, reference
-
+from tests import helpers
+from tests import reference
 
 # ---- preparation: shorter side 256, central crop ----------------------------------------
 

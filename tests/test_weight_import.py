@@ -13,9 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import caffe_format, model, run_setup, weight_import
-from configs import bvlc_alexnet, torchvision_alexnet
-from tests import helpers, test_sharding, zoo_reference
+from alexnet_jax.model import config as model_config
+from alexnet_jax.model import network
+from alexnet_jax.weights import caffe_format
+from alexnet_jax.weights import importers
+from configs import bvlc_alexnet
+from configs import torchvision_alexnet
+from tests import helpers
+from tests import test_sharding
+from tests import zoo_reference
 
 # Narrow networks with the zoo networks' geometry (kernels, strides, groups, 227 / 224).
 CAFFE_NARROW = dict(conv_features=(8, 16, 24, 24, 16), fc_features=32)
@@ -26,7 +32,7 @@ def spec_of(config, classes=10, **model_fields):
   for k, v in model_fields.items():
     config.model[k] = v
   config.data.num_classes = classes
-  return run_setup.model_spec(config)
+  return model_config.model_spec(config)
 
 
 # ---- a protobuf writer (the test's own, from caffe.proto's field numbers) ---------------------
@@ -89,7 +95,7 @@ def caffe_blobs(spec, seed=0):
   # He-scaled weights: the images' differences reach the logits through eight layers.
   return {name: (rng.normal(0, 1.5 / np.sqrt(np.prod(s[1:])), s).astype(np.float32),
                  rng.normal(0, 0.01, s[0]).astype(np.float32))
-          for name, s in zip(weight_import.LAYERS, shapes)}
+          for name, s in zip(importers.LAYERS, shapes)}
 
 
 def relative_error(got, want):
@@ -100,7 +106,7 @@ def relative_error(got, want):
 def logits(params, spec, images):
   params = jax.tree.map(jnp.asarray, params)
   with jax.default_matmul_precision('highest'):
-    return np.asarray(jax.jit(lambda p, x: model.apply(p, x, spec))(params, images))
+    return np.asarray(jax.jit(lambda p, x: network.apply(p, x, spec))(params, images))
 
 
 # ---- the tests ----------------------------------------------------------------------------
@@ -112,7 +118,7 @@ def test_caffe_weights_give_caffes_logits(tmp_path, v1):
   blobs = caffe_blobs(spec)
   path = tmp_path / 'net.caffemodel'
   path.write_bytes(caffemodel(blobs, v1))
-  params = weight_import.from_caffe(str(path), spec)
+  params = importers.from_caffe(str(path), spec)
   rgb = np.random.default_rng(1).uniform(-120, 120, (2, 227, 227, 3)).astype(np.float32)
   want = zoo_reference.caffe_alexnet(blobs, rgb[..., ::-1])
   rel = relative_error(logits(params, spec, rgb), want)
@@ -126,7 +132,7 @@ def torchvision_state(spec, seed=0):
   shapes = [(f[0], 3, 11, 11), (f[1], f[0], 5, 5), (f[2], f[1], 3, 3), (f[3], f[2], 3, 3),
             (f[4], f[3], 3, 3), (h, f[4] * 36), (h, h), (spec.num_classes, h)]
   state = {}
-  for (name, prefix), s in zip(weight_import.TORCHVISION_NAMES.items(), shapes):
+  for (name, prefix), s in zip(importers.TORCHVISION_NAMES.items(), shapes):
     state[f'{prefix}.weight'] = rng.normal(0, 1.5 / np.sqrt(np.prod(s[1:])), s).astype(np.float32)
     state[f'{prefix}.bias'] = rng.normal(0, 0.01, s[0]).astype(np.float32)
   return state
@@ -135,7 +141,7 @@ def torchvision_state(spec, seed=0):
 def test_torchvision_weights_give_torchvisions_logits():
   spec = spec_of(torchvision_alexnet.get_config(), **TV_NARROW)
   state = torchvision_state(spec)
-  params = weight_import.from_torchvision_state(state, spec, 'test')
+  params = importers.from_torchvision_state(state, spec, 'test')
   x = np.random.default_rng(1).normal(0, 1, (2, 224, 224, 3)).astype(np.float32)
   rel = relative_error(logits(params, spec, x), zoo_reference.torchvision_alexnet(state, x))
   assert rel < 1e-5, rel
@@ -146,9 +152,9 @@ def test_a_pth_file_is_read_as_its_state_dict(tmp_path):
   spec = spec_of(torchvision_alexnet.get_config(), **TV_NARROW)
   state = torchvision_state(spec)
   torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / 'alexnet.pth')
-  got = weight_import.from_torchvision(str(tmp_path / 'alexnet.pth'), spec)
+  got = importers.from_torchvision(str(tmp_path / 'alexnet.pth'), spec)
   for a, b in zip(jax.tree.leaves(got),
-                  jax.tree.leaves(weight_import.from_torchvision_state(state, spec, 'test'))):
+                  jax.tree.leaves(importers.from_torchvision_state(state, spec, 'test'))):
     np.testing.assert_array_equal(a, b)
 
 
@@ -173,7 +179,7 @@ def test_caffes_mean_image_is_read_as_rgb(tmp_path):
   bgr = np.random.default_rng(0).uniform(0, 255, (1, 3, 8, 6)).astype(np.float32)
   for old in (False, True):
     (tmp_path / 'mean.binaryproto').write_bytes(blob_proto(bgr, old_dims=old))
-    mean = weight_import.caffe_mean(str(tmp_path / 'mean.binaryproto'))
+    mean = importers.caffe_mean(str(tmp_path / 'mean.binaryproto'))
     np.testing.assert_array_equal(mean, bgr[0, ::-1].transpose(1, 2, 0))
 
 
@@ -181,12 +187,12 @@ def test_weights_that_do_not_fit_fail_in_one_sentence(tmp_path):
   spec = spec_of(bvlc_alexnet.get_config(), **CAFFE_NARROW)
   blobs = caffe_blobs(spec_of(bvlc_alexnet.get_config(), classes=7, **CAFFE_NARROW))
   (tmp_path / 'net.caffemodel').write_bytes(caffemodel(blobs, False))
-  with pytest.raises(weight_import.WeightImportError, match='fc8 has weights of shape') as e:
-    weight_import.from_caffe(str(tmp_path / 'net.caffemodel'), spec)
+  with pytest.raises(importers.WeightImportError, match='fc8 has weights of shape') as e:
+    importers.from_caffe(str(tmp_path / 'net.caffemodel'), spec)
   assert str(e.value).count('. ') == 0
   (tmp_path / 'net.prototxt').write_text('name: "AlexNet"\nlayer { name: "conv1" }\n')
   with pytest.raises(caffe_format.CaffeFormatError, match='not a readable Caffe|no Caffe'):
-    weight_import.from_caffe(str(tmp_path / 'net.prototxt'), spec)
+    importers.from_caffe(str(tmp_path / 'net.prototxt'), spec)
 
 
 def test_lrn_across_towers_exchanges_only_the_edge_channels_in_towers_mode():
@@ -231,6 +237,6 @@ def test_the_import_script_writes_a_checkpoint_that_eval_and_predict_read(tmp_pa
                              f'--workdir={tmp_path / "bvlc"}')
   assert again.returncode != 0 and 'already holds checkpoints' in again.stderr
   params = helpers.load_state(tmp_path / 'bvlc', 0)['params']
-  want = weight_import.from_caffe(str(tmp_path / 'net.caffemodel'), spec)
+  want = importers.from_caffe(str(tmp_path / 'net.caffemodel'), spec)
   for got, ref in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
     np.testing.assert_array_equal(got, ref)

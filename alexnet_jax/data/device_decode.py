@@ -34,7 +34,8 @@ import numpy as np
 
 from alexnet_jax.data import decoders
 from alexnet_jax.data import transforms
-from alexnet_jax.errors import BadDataError, ConfigError
+from alexnet_jax.errors import BadDataError
+from alexnet_jax.errors import ConfigError
 
 PLACES = ('host', 'device')
 DEVICE_DECODERS = ('nvimgcodec', 'pillow', 'turbo')

@@ -5,7 +5,7 @@
 
 Both return a `batching.Data`: the dataset's shapes and class names, the mean the device
 subtracts, the training loader and the eval reader. The config is checked beforehand, in one
-place (`alexnet_jax.run_setup.validate`).
+place (`alexnet_jax.train.run_setup.validate`).
 """
 
 from __future__ import annotations

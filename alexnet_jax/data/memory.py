@@ -14,10 +14,10 @@ import logging
 
 import numpy as np
 
-from alexnet_jax import pixels
 from alexnet_jax.data import batching
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
+from alexnet_jax.model import pixels
 
 
 @dataclasses.dataclass(frozen=True)

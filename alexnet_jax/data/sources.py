@@ -26,7 +26,9 @@ import struct
 import numpy as np
 
 from alexnet_jax.data import storage
-from alexnet_jax.errors import BadDataError, ConfigError, DatasetNotFoundError
+from alexnet_jax.errors import BadDataError
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.errors import DatasetNotFoundError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 EMBEDDED_FASHION_MNIST = REPO_ROOT / 'data' / 'fashion_mnist'

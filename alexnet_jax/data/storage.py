@@ -25,7 +25,10 @@ import logging
 import os
 import time
 
-from alexnet_jax.errors import BadDataError, DatasetNotFoundError, NoFileLocksError, UserError
+from alexnet_jax.errors import BadDataError
+from alexnet_jax.errors import DatasetNotFoundError
+from alexnet_jax.errors import NoFileLocksError
+from alexnet_jax.errors import UserError
 
 
 class DamagedDatasetError(BadDataError):
@@ -127,6 +130,7 @@ def _build(builder, what: str, **kwargs) -> None:
   file they are lines of escape codes."""
   import io
   import sys
+
   import tensorflow_datasets as tfds
   logging.info('Storing %s as a tfds dataset in %s (once; later runs read it from there).',
                what, builder.data_dir)

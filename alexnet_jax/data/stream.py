@@ -28,16 +28,18 @@ import dataclasses
 import functools
 import logging
 import os
-from typing import Iterator, Sequence
+from typing import Iterator
+from typing import Sequence
 
 import numpy as np
 
-from alexnet_jax import pixels
 from alexnet_jax.data import batching
 from alexnet_jax.data import decoders
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
-from alexnet_jax.errors import BadDataError, ConfigError
+from alexnet_jax.errors import BadDataError
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.model import pixels
 
 PCA_SOURCES = ('imagenet', 'statistics')  # the card's constants, or the training set's
 

@@ -12,7 +12,7 @@ generator from (seed, step) is deterministic.
   mean/PCA: `PixelStatistics`: the training set's per-pixel mean and RGB eigenvectors
 
 The host does only the uint8 half of a view; the float half (reflection, mean, PCA shift)
-runs on the device inside the step (`alexnet_jax.pixels.normalize`), driven by each view's
+runs on the device inside the step (`alexnet_jax.model.pixels.normalize`), driven by each view's
 window (top, left, reflected) and shift. Pixel values stay on the 0-255 scale; the card's PCA
 constants are on the 0-1 scale and are multiplied by `PIXEL_SCALE` (255) when applied.
 """
@@ -76,6 +76,7 @@ def _quiet_pillow_bomb_warning() -> None:
   such an image fails here in one sentence anyway (the filter is set once, at first use)."""
   if not _QUIET:
     import warnings
+
     from PIL import Image
     warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
     _QUIET.append(True)
@@ -86,7 +87,8 @@ def open_image(image, max_pixels: int = MAX_IMAGE_PIXELS):
   orientation (a photo taken with the camera turned) is applied, as every photo viewer
   shows it. Raises one of DECODE_ERRORS on data Pillow cannot read, and ImageTooLargeError,
   from the header alone, on more than `max_pixels` pixels."""
-  from PIL import Image, ImageOps
+  from PIL import Image
+  from PIL import ImageOps
   _quiet_pillow_bomb_warning()
   source = io.BytesIO(image) if isinstance(image, (bytes, bytearray, memoryview)) else image
   try:

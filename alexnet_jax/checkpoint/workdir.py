@@ -24,7 +24,9 @@ import os
 import shutil
 import socket
 
-from alexnet_jax.errors import ConfigError, NoFileLocksError, UserError
+from alexnet_jax.errors import ConfigError
+from alexnet_jax.errors import NoFileLocksError
+from alexnet_jax.errors import UserError
 
 LOCK_FILE = 'run.lock'
 RUN_FILE = 'run.json'
@@ -71,8 +73,8 @@ def on_process_zero(fn) -> None:
         raise
       message = str(e)
   if jax.process_count() > 1:
-    import numpy as np
     from jax.experimental import multihost_utils
+    import numpy as np
     data = np.zeros(4096, np.uint8)
     encoded = message.encode()[:4096]
     data[:len(encoded)] = np.frombuffer(encoded, np.uint8)

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import figures
-from alexnet_jax import model as model_lib
-from alexnet_jax import pixels
+from alexnet_jax.model import network as model_lib
+from alexnet_jax.model import pixels
+from alexnet_jax.outputs import figures
 
 SHOWN, QUERIES, NEIGHBOURS = 8, 5, 6
 READ_BATCH = 256

@@ -12,7 +12,7 @@ the towers (section 3.5, Fig. 2: conv3, fc6, fc7 and fc8 see both towers), it
 calls `_join`, which gathers the other towers over a named mesh axis when the
 towers are spread over devices. With `tower_axis=None` all towers are local and
 the same code is the single-device model. Placement (which axis, when) is
-decided in `alexnet_jax/sharding.py`; this module only names the joins.
+decided in `alexnet_jax/parallel/sharding.py`; this module only names the joins.
 
 Layer table for the ImageNet configuration (per tower, two towers):
 
@@ -37,11 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import implementations
 from alexnet_jax.errors import ConfigError
-from alexnet_jax.layers import (conv, dropout_masks, grouped_conv,  # noqa: F401
-                                local_response_norm, max_pool, pad_channels,
-                                space_to_depth_conv)
+from alexnet_jax.model import implementations
+from alexnet_jax.model.layers import conv  # noqa: F401
+from alexnet_jax.model.layers import dropout_masks  # noqa: F401
+from alexnet_jax.model.layers import grouped_conv  # noqa: F401
+from alexnet_jax.model.layers import local_response_norm  # noqa: F401
+from alexnet_jax.model.layers import max_pool  # noqa: F401
+from alexnet_jax.model.layers import pad_channels  # noqa: F401
+from alexnet_jax.model.layers import space_to_depth_conv  # noqa: F401
 
 Params = dict[str, dict[str, jax.Array]]
 

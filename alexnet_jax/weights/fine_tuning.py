@@ -29,10 +29,10 @@ import os
 import jax
 import numpy as np
 
-from alexnet_jax import checkpoint_config
-from alexnet_jax import checkpointing
-from alexnet_jax import model as model_lib
+from alexnet_jax.checkpoint import checkpointing
+from alexnet_jax.checkpoint import compat
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.model import network as model_lib
 
 LAYERS = (*model_lib.CONV_LAYERS, 'fc6', 'fc7', 'fc8')
 # Re-initialised rather than loaded when its shape differs: the classifier of other classes.
@@ -91,7 +91,7 @@ def load_init(init_from: str, spec: model_lib.AlexNetSpec, skip=()) -> Init:
       raise ConfigError(f'init_from={init_from!r}: there is {which} in {where} (steps: '
                         f'{", ".join(map(str, steps)) or "none"}).')
     newest = steps[-1] if step is None else step
-    source_spec = checkpoint_config.saved_spec(ckpts.read_meta(newest), ckpts.path(newest))
+    source_spec = compat.saved_spec(ckpts.read_meta(newest), ckpts.path(newest))
     fresh = _check_shapes(source_spec, spec, ckpts.path(newest))
     fresh += tuple(name for name in skip if name not in fresh)
     abstract = jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, np.float32),

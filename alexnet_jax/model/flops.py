@@ -32,7 +32,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import model as model_lib
+from alexnet_jax.model import network as model_lib
 
 # ---- the analytic count -------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ def peak_flops(devices, dtype_name: str, per_device: float = 0.0, measure_host=N
       per_device = bf16 if dtype_name == 'bfloat16' else fp32
       return {'total': per_device * len(devices), 'per_device': per_device,
               'source': f'table: {name} {dtype_name} dense peak {per_device:.4g} FLOP/s x '
-                        f'{len(devices)} device(s) (alexnet_jax/flops.py PEAK_FLOPS)'}
+                        f'{len(devices)} device(s) (alexnet_jax/model/flops.py PEAK_FLOPS)'}
   logging.warning('No peak FLOP/s known for device kind %r: no MFU is logged '
                   '(set config.peak_flops_per_device).', kind)
   return {'total': None, 'per_device': None, 'source': f'unknown device kind {kind!r}'}

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from alexnet_jax import model as model_lib
 from alexnet_jax.errors import UserError
+from alexnet_jax.model import network as model_lib
 
 LAYERS = model_lib.CONV_LAYERS + ('fc6', 'fc7', 'fc8')
 TORCHVISION_NAMES = {'conv1': 'features.0', 'conv2': 'features.3', 'conv3': 'features.6',
@@ -91,7 +91,7 @@ def convert(blobs: dict[str, tuple[np.ndarray, np.ndarray]], spec: model_lib.Ale
 
 def from_caffe(path: str, spec: model_lib.AlexNetSpec) -> dict:
   """Parameters from a `.caffemodel` in either layer format (`caffe_format.read_net`)."""
-  from alexnet_jax import caffe_format
+  from alexnet_jax.weights import caffe_format
   layers = caffe_format.read_net(path)
   blobs = {}
   for name in LAYERS:
@@ -103,7 +103,7 @@ def from_caffe(path: str, spec: model_lib.AlexNetSpec) -> dict:
 
 def caffe_mean(path: str) -> np.ndarray:
   """Caffe's `.binaryproto` mean, (1, 3, H, W) BGR -> (H, W, 3) RGB float32."""
-  from alexnet_jax import caffe_format
+  from alexnet_jax.weights import caffe_format
   mean = caffe_format.read_blob(path)
   mean = mean.reshape(mean.shape[-3:]) if mean.ndim >= 3 else mean
   if mean.ndim != 3 or mean.shape[0] != 3:

@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from alexnet_jax.model import AlexNetSpec
+from alexnet_jax.model.network import AlexNetSpec
 
 _DTYPE_BYTES = {'f32': 4, 'bf16': 2, 'f16': 2, 'f64': 8, 's32': 4, 'u32': 4, 's8': 1, 'u8': 1,
                 'pred': 1, 's64': 8, 'u64': 8}

@@ -8,12 +8,13 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import pixels
-from alexnet_jax import model as model_lib
-from alexnet_jax.sharding import Layout
+from alexnet_jax.model import network as model_lib
+from alexnet_jax.model import pixels
+from alexnet_jax.parallel.sharding import Layout
 
 
 @flax.struct.dataclass

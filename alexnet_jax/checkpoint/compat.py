@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import logging
 
-from alexnet_jax import checkpointing
-from alexnet_jax import model as model_lib
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.checkpoint import checkpointing
+from alexnet_jax.checkpoint import workdir as workdir_lib
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.model import network as model_lib
 
 SHAPE_DATA_FIELDS = ('data.image_size', 'data.channels', 'data.num_classes')
 # Fields a resumed run may change without a warning (placement, length, loader speed).

@@ -8,11 +8,11 @@ import os
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import checkpointing
-from alexnet_jax import run_setup
-from alexnet_jax import sharding
-from alexnet_jax import steps as steps_lib
+from alexnet_jax.checkpoint import checkpointing
 from alexnet_jax.data import batching
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import run_setup
+from alexnet_jax.train import steps as steps_lib
 
 
 def evaluate(eval_step, params, data: batching.Data, layout: sharding.Layout,

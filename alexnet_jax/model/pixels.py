@@ -11,7 +11,7 @@ decodes the prepared images, and the step cuts each view from its image (`device
 so the batch the network sees is the one the host would have cut.
 
 This module is the contract between the loaders (`alexnet_jax.data`) and the steps
-(`alexnet_jax.steps`); it imports neither.
+(`alexnet_jax.train.steps`); it imports neither.
 """
 
 from __future__ import annotations

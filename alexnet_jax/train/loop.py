@@ -17,24 +17,25 @@ import time
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import checkpoint_config
-from alexnet_jax import checkpointing
 from alexnet_jax import errors
-from alexnet_jax import evaluation
-from alexnet_jax import figures
-from alexnet_jax import fine_tuning
-from alexnet_jax import flops as flops_lib
-from alexnet_jax import interrupts
-from alexnet_jax import metrics as metrics_lib
-from alexnet_jax import optimizer as optimizer_lib
-from alexnet_jax import profiling
-from alexnet_jax import run_setup
-from alexnet_jax import sharding
-from alexnet_jax import steps as steps_lib
-from alexnet_jax import workdir as workdir_lib
+from alexnet_jax.checkpoint import checkpointing
+from alexnet_jax.checkpoint import compat
+from alexnet_jax.checkpoint import workdir as workdir_lib
+from alexnet_jax.model import flops as flops_lib
+from alexnet_jax.outputs import figures
+from alexnet_jax.outputs import profiling
+from alexnet_jax.parallel import sharding
+from alexnet_jax.train import evaluation
+from alexnet_jax.train import interrupts
+from alexnet_jax.train import metrics as metrics_lib
+from alexnet_jax.train import optimizer as optimizer_lib
+from alexnet_jax.train import run_setup
+from alexnet_jax.train import steps as steps_lib
+from alexnet_jax.weights import fine_tuning
 
 
 class Hooks:
@@ -304,7 +305,7 @@ class _Saver:
       self.plateau = optimizer_lib.Plateau(**setup.meta['plateau'])
       self.last_good = self.ckpt.path(setup.start_step)
       logging.info('Resumed from %s.', self.last_good)
-    self.config_json = checkpoint_config.config_dict(config)
+    self.config_json = compat.config_dict(config)
 
   def __enter__(self):
     return self

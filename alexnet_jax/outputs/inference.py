@@ -14,25 +14,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import checkpoint_config
-from alexnet_jax import checkpointing
-from alexnet_jax import figure4
-from alexnet_jax import figures
-from alexnet_jax import model as model_lib
-from alexnet_jax import pixels
-from alexnet_jax import run_setup
-from alexnet_jax import sharding
+from alexnet_jax.checkpoint import checkpointing
+from alexnet_jax.checkpoint import compat
+from alexnet_jax.data import config as data_config
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.model import config as model_config
+from alexnet_jax.model import network as model_lib
+from alexnet_jax.model import pixels
+from alexnet_jax.outputs import figure4
+from alexnet_jax.outputs import figures
 
 
 def restore_params(config, workdir: str, step: int | None = None):
   """The parameters of the latest (or `step`'s) checkpoint as numpy arrays: (params, meta,
   inputs), where `inputs['mean']` is the mean training subtracted."""
-  layout = sharding.Layout(sharding.make_mesh(1, 1, jax.local_devices()[:1]), 'towers')
-  run_setup.validate(config, layout)
-  spec = run_setup.model_spec(config)
+  data_config.validate(config)
+  model_config.validate(config)
+  spec = model_config.model_spec(config)
   abstract = jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, np.float32),
                           spec.param_shapes(), is_leaf=lambda x: isinstance(x, tuple))
   ckpts = checkpointing.Checkpoints(workdir, read_only=True)
@@ -40,7 +40,7 @@ def restore_params(config, workdir: str, step: int | None = None):
     restored, meta = None, None
     if ckpts.steps() or step is not None:
       restored, meta, _ = ckpts.restore(
-          abstract, functools.partial(checkpoint_config.check, config, spec), step,
+          abstract, functools.partial(compat.check, config, spec), step,
           params_only=True)
   finally:
     ckpts.close()
@@ -72,9 +72,9 @@ def figures_for_checkpoint(config, workdir: str, step: int | None = None,
   # with the mean and scale the checkpoint carries, as `predict` does.
   mean, scale = checkpointing.normalisation(meta, inputs)
   paths += figure4.save(
-      jax.tree.map(jnp.asarray, params), run_setup.model_spec(config),
+      jax.tree.map(jnp.asarray, params), model_config.model_spec(config),
       input_pipeline.load(config), mean, scale, meta['class_names'], out_dir,
-      int(meta['step']), compute_dtype=run_setup.compute_dtype(config))
+      int(meta['step']), compute_dtype=model_config.compute_dtype(config))
   return paths + ([curves] if curves else [])
 
 
@@ -103,12 +103,12 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
   views, windows = zip(*(transforms.centre_view(image, size, d.crop_size, d.channels)
                          for image in pil_images))
   images = pixels.pixel_batch(np.stack(views), np.stack(windows))
-  spec = run_setup.model_spec(config)
+  spec = model_config.model_spec(config)
 
   @jax.jit
   def probabilities(params, images):
     logits = model_lib.apply(params, pixels.normalize(images, mean, scale), spec,
-                             compute_dtype=run_setup.compute_dtype(config))
+                             compute_dtype=model_config.compute_dtype(config))
     return jax.nn.softmax(logits.astype(jnp.float32))
 
   probs = np.asarray(probabilities(params, images))

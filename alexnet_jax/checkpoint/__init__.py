@@ -1,0 +1,1 @@
+"""Checkpoints: saves, restores onto any mesh, damage judged on evidence, the workdir and its lock."""

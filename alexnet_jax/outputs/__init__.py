@@ -1,0 +1,1 @@
+"""What a run shows: figures, Figure 4, predictions, profiles."""

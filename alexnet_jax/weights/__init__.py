@@ -1,0 +1,1 @@
+"""Weights in and out: the model zoos' Caffe and torchvision files, fine-tuning."""
