@@ -266,5 +266,5 @@ def run(make_hooks=None):
 
 if __name__ == '__main__':
   from alexnet_jax import xla_cpu
-  xla_cpu.preload_tcmalloc()  # re-executes this command once, before anything starts
+  xla_cpu.preload_allocator()  # re-executes this command once, before anything starts
   run()

@@ -145,7 +145,7 @@ def layers(rep, entry, plan, batch: int, bounds: dict | None) -> None:
 def input_stage(rep, entry, plan, step_rate: float | None) -> None:
   """The stream loader's storages and decoders with `workers` threads and processes, and
   JPEG decoding on the device (nvImageCodec where installed, else the Pillow stand-in),
-  against the step's img/s (issue 26)."""
+  against the step's img/s."""
   import importlib.util
 
   from benchmarks import input_pipeline as ip

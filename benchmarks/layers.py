@@ -24,7 +24,7 @@ import time
 from alexnet_jax import xla_cpu
 
 if __name__ == '__main__':
-  xla_cpu.preload_tcmalloc()  # before anything starts: see xla_cpu
+  xla_cpu.preload_allocator()  # before anything starts: see xla_cpu
 
 xla_cpu.configure()  # before JAX creates its CPU client
 

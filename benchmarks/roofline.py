@@ -26,7 +26,7 @@ import json
 from alexnet_jax import xla_cpu
 
 if __name__ == '__main__':
-  xla_cpu.preload_tcmalloc()
+  xla_cpu.preload_allocator()
 
 xla_cpu.configure()
 

@@ -20,7 +20,7 @@ import time
 from alexnet_jax import xla_cpu
 
 if __name__ == '__main__':
-  xla_cpu.preload_tcmalloc()
+  xla_cpu.preload_allocator()
 
 xla_cpu.configure()
 

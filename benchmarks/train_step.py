@@ -52,7 +52,7 @@ import time
 from alexnet_jax import xla_cpu
 
 if __name__ == '__main__':
-  xla_cpu.preload_tcmalloc()  # before anything starts: see xla_cpu
+  xla_cpu.preload_allocator()  # before anything starts: see xla_cpu
 
 # torch and JAX share the GPU: keep JAX from reserving most of its memory up front.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')

@@ -1,5 +1,5 @@
 """Stored image -> prepared uint8 array, by name (`data.decoder`): what the stream loader
-spends its cores on (issue 26; `benchmarks/input_pipeline.py` measures each).
+spends its cores on (`benchmarks/input_pipeline.py` measures each).
 
   pillow  Pillow (`transforms.decode`): any format, EXIF orientation, the reference.
   turbo   libjpeg-turbo through simplejpeg for plain JPEGs (no EXIF block, YCbCr or grey),

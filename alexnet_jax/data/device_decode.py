@@ -1,4 +1,4 @@
-"""JPEG decoding on the device (`data.decode_on=device`, issue 26): the host sends the stored
+"""JPEG decoding on the device (`data.decode_on=device`): the host sends the stored
 256x256 JPEG bytes, the device decodes the batch, and the step cuts each view
 (`pixels.device_crops`).
 

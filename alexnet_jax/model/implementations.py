@@ -32,8 +32,8 @@ CHOICES = {
 
 # 'auto', by backend. CPU: `python -m benchmarks.switches`, 224x224 train step, batch 32
 # float32, 2-core Xeon (peak 2.99e11 FLOP/s, load 0.27, 2026-12-03), step ms against auto's
-# 739: conv1 strided 732 (a tie: within the 1-2% spread of two runs; space-to-depth kept,
-# measured 76 against 115 ms before XLA:CPU's YNN reductions were on), conv1 pad4 782,
+# 739: conv1 strided 732 (a tie: within the 1-2% spread of two runs; space-to-depth kept),
+# conv1 pad4 782,
 # pool backward xla 841, grouped tower convolutions 2399 (jax-ml/jax#13800: XLA:CPU's
 # grouped backward is slow), LRN autodiff 812. Other backends: not measured on a GPU yet,
 # so the CPU's forms (every one of them exact) until the GPU check's switch stage has
