@@ -4,6 +4,8 @@
 --mode=figures draws that checkpoint's conv1 kernels and the run's curves (into --figures_dir,
   default <workdir>/figures/).
 --mode=predict --images=a.png,b.png prints the top-5 classes of image files, one JSON line each.
+--mode=export --export_format=onnx|torchvision|stablehlo|safetensors --export_path=FILE writes
+  that checkpoint's network in another format, checked against the JAX logits (docs/export.md).
 
 Exit codes: 0 done; 1 a problem with the flags, config, data, workdir or cluster, printed as
 one line 'error: <sentence>' (the workdir is left as it was); 69 a run of several processes
@@ -29,16 +31,22 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and run.json.')
 config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'figures', 'predict'],
+flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'figures', 'predict', 'export'],
                   'train: train (resuming from the latest checkpoint); eval: evaluate a '
                   'checkpoint, centre view and 10-crop, without training; figures: conv1 '
                   'kernels of a checkpoint and the training curves as PNGs; predict: top-5 '
-                  'classes of --images.')
+                  'classes of --images; export: write a checkpoint\'s network as '
+                  '--export_format to --export_path.')
 flags.DEFINE_integer('checkpoint_step', -1,
-                     '--mode=eval, figures, predict: the checkpoint step (-1: latest).')
+                     '--mode=eval, figures, predict, export: the checkpoint step (-1: latest).')
 flags.DEFINE_list('images', [], '--mode=predict: comma-separated image files to classify.')
 flags.DEFINE_string('figures_dir', None, '--mode=figures: where to write the PNGs (default '
                     '<workdir>/figures; another directory for a read-only workdir).')
+flags.DEFINE_string('export_format', None, '--mode=export: onnx, torchvision, stablehlo or '
+                    'safetensors (docs/export.md).')
+flags.DEFINE_string('export_path', None, '--mode=export: the file to write (torchvision and '
+                    'stablehlo also write <path>.json).')
+flags.DEFINE_bool('overwrite', False, '--mode=export: replace files at --export_path.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -173,6 +181,12 @@ def main(argv, make_hooks=None):
       from alexnet_jax.outputs import inference
       for result in inference.predict(config, workdir, FLAGS.images, step):
         print('predict: ' + json.dumps(result), flush=True)
+      return
+    if FLAGS.mode == 'export':
+      from alexnet_jax.weights import export
+      result = export.export_checkpoint(config, workdir, step, FLAGS.export_format,
+                                        FLAGS.export_path, FLAGS.overwrite)
+      print('export: ' + json.dumps(result), flush=True)
       return
     from alexnet_jax.train import loop
     result = loop.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
