@@ -109,12 +109,20 @@ def write_checked(fmt: str, net: exportable.Network, path: str) -> dict:
     staged = os.path.join(scratch, os.path.basename(path))
     written = module.write(net, staged)
     result = module.check(net, staged)
+    mode = 0o666 & ~_umask()  # as an ordinary file (safetensors writes 0600)
     for file, target in zip(written, targets(fmt, path)):
+      os.chmod(file, mode)
       os.replace(file, target)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   return {'format': fmt, 'files': targets(fmt, path), 'step': net.step, 'source': net.source,
           'images': exportable.CHECK_IMAGES, **result}
+
+
+def _umask() -> int:
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 def export_checkpoint(config, workdir: str, step: int | None, fmt: str | None,
