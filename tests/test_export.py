@@ -157,7 +157,8 @@ def test_torchvision_loads_the_state_dict_strictly_with_the_jax_logits(tmp_path)
 
   net = import_export(tmp_path / 'zoo.pth', tmp_path / 'once.pth')
   import_export(tmp_path / 'once.pth', tmp_path / 'twice.pth')
-  assert (tmp_path / 'once.pth').read_bytes() == (tmp_path / 'twice.pth').read_bytes()
+  same_bytes = (tmp_path / 'once.pth').read_bytes() == (tmp_path / 'twice.pth').read_bytes()
+  assert same_bytes
   state = torch.load(tmp_path / 'once.pth', weights_only=True)
   assert list(state) == list(torchvision.models.alexnet(num_classes=10).state_dict())
   for k, v in first.items():
