@@ -290,6 +290,27 @@ def test_export_checkpoint_overwrites_only_when_asked(small_workdir, tmp_path):
   assert os.listdir(tmp_path / 'out') == ['net.safetensors']  # no staging folder left
 
 
+def test_requests_are_checked_before_anything_is_read(tmp_path):
+  with pytest.raises(export.ExportError, match='^--mode=export needs --export_format, one of '):
+    export.check_request(None, str(tmp_path / 'x'), False)
+  with pytest.raises(export.ExportError, match='is a directory; name a file to write.$'):
+    export.check_request('onnx', str(tmp_path), True)
+  (tmp_path / 'net.stablehlo.json').write_text('{}')  # the sidecar alone is taken too
+  with pytest.raises(export.ExportError, match=r'net.stablehlo.json already exists; pass '):
+    export.check_request('stablehlo', str(tmp_path / 'net.stablehlo'), False)
+  export.check_request('stablehlo', str(tmp_path / 'net.stablehlo'), True)
+  export.check_request('onnx', str(tmp_path / 'net.stablehlo'), False)
+
+
+def test_a_file_that_computes_other_logits_is_not_put_in_place(tmp_path, monkeypatch):
+  net = network_of(narrow_config(alexnet))
+  monkeypatch.setattr(safetensors_export, 'check', lambda net, path: {
+      'max_relative_error': 3e-4})
+  with pytest.raises(export.ExportMismatch, match='differ from the JAX logits by 0.0003'):
+    export.write_checked('safetensors', net, str(tmp_path / 'net.safetensors'))
+  assert os.listdir(tmp_path) == []
+
+
 def test_launch_exports_and_refuses_in_one_sentence(small_workdir, tmp_path):
   """`launch.py --mode=export` as a user runs it: one export, and each bad input in one
   `error:` line with nothing written (the runs in parallel)."""

@@ -34,16 +34,26 @@ FORMATS = {'onnx': onnx_export, 'torchvision': torchvision_export,
            'stablehlo': stablehlo_export, 'safetensors': safetensors_export}
 # Beside the file, the formats that cannot carry their own description write <path>.json.
 SIDECARS = {'torchvision': '.json', 'stablehlo': '.json'}
-# Fields of config.model that change what the network computes at inference (the others:
-# how it is trained or which form of a layer runs). The data fields that shape it are
-# compared by `compat.check`.
-FORWARD_FIELDS = ('num_towers', 'conv_features', 'conv_kernels', 'conv1_stride',
+# Fields that change what the network computes at inference (the other model fields: how it
+# is trained or which form of a layer runs). `compat.check` compares only the shapes, which
+# a changed LRN, padding or input size (224 and 227 both give 55x55 maps) can keep.
+FORWARD_FIELDS = ('image_size', 'num_towers', 'conv_features', 'conv_kernels', 'conv1_stride',
                   'conv1_padding', 'fc_features', 'lrn', 'lrn_k', 'lrn_n', 'lrn_alpha',
                   'lrn_beta', 'lrn_across_towers', 'pool_window', 'pool_stride')
 
 
+# Largest relative logit error of a written file that is put in place: float32 sums in
+# another order differ by about 1e-6 of the largest logit (measured up to 1.5e-6, full size).
+CHECK_TOLERANCE = 1e-4
+
+
 class ExportError(UserError):
   """An export that cannot be made as asked."""
+
+
+class ExportMismatch(RuntimeError):
+  """A written file computes other logits than the project: a bug, reported with its
+  traceback; the file is not put in place."""
 
 
 def targets(fmt: str, path: str) -> list[str]:
@@ -69,12 +79,13 @@ def check_request(fmt: str | None, path: str | None, overwrite: bool) -> None:
                         'another --export_path.')
 
 
-def check_config(config, meta: dict, path: str) -> None:
-  """The network exported is the config's: it must compute what the checkpoint's computed
-  (`compat.check` has compared the shapes; a changed LRN or padding keeps them)."""
-  saved, now = meta['config']['model'], compat.config_dict(config)['model']
-  changed = [f'model.{k}={config.model[k]!r} (the checkpoint has {saved.get(k)!r})'
-             for k in FORWARD_FIELDS if now[k] != saved.get(k)]
+def check_config(spec, meta: dict, path: str) -> None:
+  """The network exported is the config's `spec`: it must compute what the checkpoint's
+  computed (`compat.check` has compared the shapes; a changed LRN or padding keeps them)."""
+  saved = compat.saved_spec(meta, path)  # the defaults for fields older checkpoints lack
+  changed = [f'{"data" if k == "image_size" else "model"}.{k}={getattr(spec, k)!r} (the '
+             f'checkpoint has {getattr(saved, k)!r})' for k in FORWARD_FIELDS
+             if getattr(spec, k) != getattr(saved, k)]
   if changed:
     raise ExportError(f'The config changes what the network computes ({", ".join(changed)}) '
                       f'from the checkpoint {path}; export with the config it was trained '
@@ -87,7 +98,7 @@ def restore(config, workdir: str, step: int | None) -> exportable.Network:
   params, meta, inputs = checkpoint_params.restore_params(config, workdir, step)
   source = os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR,
                         str(meta['step']))
-  check_config(config, meta, source)
+  check_config(model_config.model_spec(config), meta, source)
   mean, scale = checkpointing.normalisation(meta, inputs)
   net = exportable.Network.of(params, model_config.model_spec(config), mean=mean, scale=scale,
                               class_names=meta.get('class_names'),
@@ -109,6 +120,10 @@ def write_checked(fmt: str, net: exportable.Network, path: str) -> dict:
     staged = os.path.join(scratch, os.path.basename(path))
     written = module.write(net, staged)
     result = module.check(net, staged)
+    error = result['max_relative_error']
+    if error is not None and not error <= CHECK_TOLERANCE:  # a bug here, not the user's input
+      raise ExportMismatch(f'{fmt}: the written file\'s logits differ from the JAX logits by '
+                           f'{error:.3g} (relative), more than {CHECK_TOLERANCE}')
     mode = 0o666 & ~_umask()  # as an ordinary file (safetensors writes 0600)
     for file, target in zip(written, targets(fmt, path)):
       os.chmod(file, mode)

@@ -5,8 +5,8 @@ once (lowering for CUDA needs no GPU).
     exported = jax.export.deserialize(open(path, 'rb').read())
     logits = exported.call(pixels)  # float32 (batch, H, W, C), 0-255: see <path>.json
 
-Any process with jax (a version that reads this calling convention) runs it without this
-project's code: `exported.call` compiles the StableHLO for the local platform, which must be
+Any process with jax (the same or a newer version: jax reads older files, not newer ones) and
+flatbuffers (its serialization) runs it without this project's code: `exported.call` compiles the StableHLO for the local platform, which must be
 one of `exported.platforms`. Convolutions and matmuls are traced at HIGHEST precision, so that
 a GPU computes them in float32 rather than TF32. `<path>.json` states the platforms, the input
 and output, the normalisation it includes, the class names and the config.
