@@ -1,10 +1,9 @@
 """Model-zoo weights: files written here in each format from random weights, imported, and
 the project's logits against independent float64 N-C-H-W references with the source
 framework's semantics (tests/zoo_reference.py; Caffe: grouped convolutions, LRN over all
-channels with k=1, BGR input, C-H-W flattening; torchvision: its layer list). Where torch is
-installed, those references are checked against the same networks in PyTorch, and a `.pth`
-that torch.save wrote is read; CI has no torch (its CPU wheels come from outside PyPI), and
-the NumPy references carry the comparison there."""
+channels with k=1, BGR input, C-H-W flattening; torchvision: its layer list). Those
+references are checked against the same networks in PyTorch, and a `.pth` that torch.save
+wrote is read (torch from requirements-test.txt; CI installs it)."""
 
 import struct
 
