@@ -127,7 +127,7 @@ class JaxVariant:
 
   framework = 'jax'
 
-  def __init__(self, spec, mode: str, batch: int, dtype: str):
+  def __init__(self, spec, mode: str, batch: int, dtype: str, precision: str = 'default'):
     n = jax.device_count()
     data, model_ = sharding.mesh_shape(n, -1, 0, mode, spec.num_towers)
     layout = sharding.Layout(sharding.make_mesh(data, model_), mode)
@@ -145,10 +145,14 @@ class JaxVariant:
     train_step = steps.make_train_step(spec, layout, tx, batch, compute_dtype=JAX_DTYPES[dtype],
                                        grad_norm=False)
     t0 = time.perf_counter()
-    self.step = train_step.lower(self.state, self.images, self.labels).compile()
+    with jax.default_matmul_precision(precision):  # traced here: the step keeps it
+      self.step = train_step.lower(self.state, self.images, self.labels).compile()
     self.compile_s = time.perf_counter() - t0
     self.flops, self.flops_source = self._flops(batch)
     self.memory_bytes = self._memory_bytes()
+    self.settings = (f'jax {jax.__version__} jit, {dtype} compute with float32 parameters, '
+                     f'jax_default_matmul_precision={precision!r}, XLA_FLAGS='
+                     f"{os.environ.get('XLA_FLAGS') or 'none'}, paper momentum SGD")
 
   def _flops(self, batch: int) -> tuple[float, str]:
     """FLOPs of one step on all devices: XLA's count per device x devices, else the card's."""
