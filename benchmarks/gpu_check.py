@@ -123,8 +123,9 @@ def run_check(out: str, scratch: str, stages: list, *, dry_run: bool, budget_s: 
   print(f'# {provenance.line(info)}\n# report: {os.path.join(out, "report.md")}', flush=True)
   site = os.path.join(scratch, 'site')
   calibration = gpu_calibration.load()
-  runner = gpu_runner.Runner(rep, scratch, stage_env(platform, scratch, cache, site, dry_run), budget_s,
-                             kind, calibration, limit_factor, limit_extra_s)
+  env = stage_env(platform, scratch, cache, site, dry_run)
+  runner = gpu_runner.Runner(rep, scratch, env, budget_s, kind, calibration, limit_factor,
+                             limit_extra_s)
   context = {'dry_run': dry_run, 'platform': platform, 'tf32': tf32, 'wheels': wheels,
              'site': site, 'groups': groups, 'device_kind': kind}
   runner.run(stages, context)

@@ -106,9 +106,12 @@ def environment(out, context: dict) -> None:
   each import on its own, then what JAX runs on. Every part is written as it is known."""
   from benchmarks import gpu_plan
   out.add('python', sys.version.split()[0])
-  out.add('versions', versions(gpu_plan.VERSIONS),
-          'Versions (distribution metadata): `' + json.dumps(versions(gpu_plan.VERSIONS)) + '`')
-  out.add('nvidia_smi', nvidia_smi(), f"nvidia-smi:\n\n```\n{nvidia_smi()}\n```")
+  found = versions(gpu_plan.VERSIONS)
+  out.add('versions', found, 'Versions (distribution metadata): ' + ', '.join(
+      f'{k} {v}' for k, v in found.items() if v) + '; not installed: ' + ', '.join(
+          k for k, v in found.items() if not v))
+  smi = nvidia_smi()
+  out.add('nvidia_smi', smi, f'nvidia-smi:\n\n```\n{smi}\n```' if smi else 'No nvidia-smi.')
   missing = [m for m in gpu_plan.MISSING_ON_IMAGE if importlib.util.find_spec(m) is None]
   out.add('missing_before', missing)
   if missing:
@@ -131,10 +134,11 @@ def environment(out, context: dict) -> None:
   import jax
   devices = jax.devices()
   info = {'backend': jax.default_backend(), 'device_kind': devices[0].device_kind,
-          'devices': len(devices), 'platform_version': devices[0].client.platform_version,
+          'devices': len(devices),
+          'platform_version': getattr(getattr(devices[0], 'client', None), 'platform_version',
+                                      None),
           'bytes_limit': (devices[0].memory_stats() or {}).get('bytes_limit'),
-          'cuda': cuda_versions(), 'default_matmul_precision':
-          jax.config.jax_default_matmul_precision,
+          'cuda': cuda_versions(),
           'environment_info': jax.print_environment_info(return_string=True)[-3000:]}
   if not context['dry_run']:  # the calibration's key: the dry run keeps its own
     out.export('device_kind', info['device_kind'])

@@ -175,8 +175,8 @@ def markdown(result: dict) -> str:
   s = result['step']
   lines += ['', f"Whole train step: {s['flops'] / 1e9:.1f} GFLOP, {s['bytes'] / 1e6:.0f} MB of "
             'state and batch.', '',
-            '| device | sum of layer bounds µs | img/s ceiling | whole-step bound µs | bound by | '
-            'img/s |',
+            '| device | sum of layer bounds µs | img/s ceiling | whole-step bound µs | '
+            'bound by | img/s |',
             '|---|---:|---:|---:|---|---:|']
   for d in devices:
     x = s[d]

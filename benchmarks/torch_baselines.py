@@ -71,7 +71,8 @@ def configure_backends(tf32: bool) -> str:
   what is set, as read back from torch."""
   torch.backends.cudnn.benchmark = True
   precision = 'tf32' if tf32 else 'ieee'
-  if hasattr(torch.backends.cuda.matmul, 'fp32_precision'):  # torch >= 2.9
+  if hasattr(torch.backends.cuda.matmul, 'fp32_precision') and hasattr(
+      getattr(torch.backends.cudnn, 'conv', None), 'fp32_precision'):  # torch >= 2.9
     torch.backends.cuda.matmul.fp32_precision = precision
     torch.backends.cudnn.conv.fp32_precision = precision
     tf32_text = (f'matmul fp32_precision={torch.backends.cuda.matmul.fp32_precision}, '
@@ -80,7 +81,8 @@ def configure_backends(tf32: bool) -> str:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
     tf32_text = (f'cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, '
                  f'cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}')
-  return f'cudnn.benchmark={torch.backends.cudnn.benchmark}, TF32 {"on" if tf32 else "off"} ({tf32_text})'
+  return (f'cudnn.benchmark={torch.backends.cudnn.benchmark}, '
+          f'TF32 {"on" if tf32 else "off"} ({tf32_text})')
 
 
 class TorchVariant:

@@ -20,7 +20,9 @@ synthetic batch.
   3 px bottom/right to 55x55) with `torch.optim.SGD(lr=0.01, momentum=0.9,
   weight_decay=5e-4)`, eager and `torch.compile`. On GPU the bfloat16 rows use AMP
   autocast with channels_last, and torchvision's one-tower `alexnet` is added when
-  torchvision imports. On CPU torch runs in float32 only.
+  torchvision imports. On CPU torch runs in float32 only. cudnn.benchmark is on, and
+  float32 runs with TF32 off on both sides (JAX at `jax_default_matmul_precision='float32'`),
+  or on in both with `--tf32` (benchmarks/torch_baselines.py).
 
 Method: build and compile every variant of a (batch, dtype), run `--warmup` steps,
 then `--repeats` rounds in which each variant in turn runs `--steps` steps
@@ -92,6 +94,8 @@ def define_flags() -> None:
                        'default 2048 on CPU, 8192 on GPU.')
   flags.DEFINE_bool('torch', True, 'Time the PyTorch baseline (if torch imports).')
   flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+  flags.DEFINE_bool('tf32', False, 'float32 with TF32 on in JAX and PyTorch alike (default: '
+                    'off in both: jax_default_matmul_precision=float32, fp32_precision=ieee).')
   flags.DEFINE_string('json_out', None, 'Write the header and all rows as JSON here.')
 
 
@@ -286,15 +290,18 @@ def main(argv):
   for batch in batches:
     for dtype in FLAGS.dtypes:
       variants = []
+      # The same float32 arithmetic on both sides (bfloat16 operands ignore the precision).
+      precision = 'default' if dtype == 'bfloat16' else (
+          'tensorfloat32' if FLAGS.tf32 else 'float32')
       for mode in modes:
         print(f'# compiling jax {mode} batch {batch} {dtype}', file=sys.stderr, flush=True)
         try:
-          variants.append(JaxVariant(spec, mode, batch, dtype))
+          variants.append(JaxVariant(spec, mode, batch, dtype, precision))
         except ValueError as e:  # ConfigError: batch not divisible by the mesh
           print(f'note: skipping jax {mode} batch {batch}: {e}')
       for name in torch_variant_names(on_gpu, dtype, FLAGS.torch, FLAGS.torch_compile):
         print(f'# building torch {name} batch {batch} {dtype}', file=sys.stderr, flush=True)
-        variants.append(TorchVariant(spec, name, batch, dtype, torch_device))
+        variants.append(TorchVariant(spec, name, batch, dtype, torch_device, FLAGS.tf32))
       quiet = machine.Quiet()
       quiet.load_before = quiet_at_start
       quiet.start()
