@@ -94,6 +94,35 @@ def _build_group(out, plan, batch: int, dtype: str, names: list[str], context: d
   return variants
 
 
+def _run_group(out, plan, batch: int, dtype: str, names: list[str], context: dict,
+               torch_device) -> tuple[list[dict], dict]:
+  """The rows of one (batch, dtype) group, and the clocks while it was timed."""
+  from benchmarks import gpu_clocks
+  from benchmarks import train_step as ts
+  peak_before = _jax_peak_bytes()
+  variants = _build_group(out, plan, batch, dtype, names, context, torch_device)
+  with gpu_clocks.Sampler() as sampler:
+    times = ts.measure(variants, plan.steps, plan.warmup, plan.repeats)
+  peak_after = _jax_peak_bytes()
+  jax_flops = next((v.flops for v in variants if v.framework == 'jax'), None)
+  rows = []
+  for v, t in zip(variants, times):
+    if v.framework == 'jax':
+      row = _row(v, t, v.flops, v.flops_source, context)
+      row['xla_estimate_mib'] = _mib(v.memory_bytes)
+      row['measured_peak_mib'] = _mib(peak_after)
+      row['peak_note'] = '' if peak_after is None or peak_before is None or (
+          peak_after > peak_before) else ' ≤'
+    elif v.variant.startswith('torchvision'):
+      row = _row(v, t, None, 'none (another network)', context)
+      row['measured_peak_mib'] = _mib(v.memory_bytes)
+    else:
+      row = _row(v, t, jax_flops, 'the JAX step\'s (XLA)', context)
+      row['measured_peak_mib'] = _mib(v.memory_bytes)
+    rows.append(row)
+  return rows, sampler.summary()
+
+
 def train_step(out, context: dict) -> None:
   """Each (batch, dtype) group of the plan that fits the stage's limit: the JAX step and the
   PyTorch baselines, interleaved, with the clocks sampled while they are timed."""
@@ -104,9 +133,12 @@ def train_step(out, context: dict) -> None:
   from benchmarks import gpu_calibration
   from benchmarks import gpu_clocks
   from benchmarks import gpu_plan
+  from benchmarks import peaks
   from benchmarks import train_step as ts
   plan = gpu_plan.Plan(context['dry_run'], context.get('groups'))
   on_gpu = jax.default_backend() == 'gpu'
+  if context.get('sheet') is None:  # the device stage did not run (a rerun of some stages)
+    context['sheet'] = peaks.sheet(jax.devices()[0].device_kind)
   torch_device = None if ts.torch is None else ts.torch.device('cuda' if on_gpu else 'cpu')
   calibration = gpu_calibration.load()
   rows, group_s, clocks = [], {}, {}
@@ -126,27 +158,15 @@ def train_step(out, context: dict) -> None:
               'left.')
       continue
     t0 = time.monotonic()
-    peak_before = _jax_peak_bytes()
-    variants = _build_group(out, plan, batch, dtype, names, context, torch_device)
-    with gpu_clocks.Sampler() as sampler:
-      times = ts.measure(variants, plan.steps, plan.warmup, plan.repeats)
-    clocks[key] = sampler.summary()
-    peak_after = _jax_peak_bytes()
-    jax_flops = next((v.flops for v in variants if v.framework == 'jax'), None)
-    for v, t in zip(variants, times):
-      if v.framework == 'jax':
-        row = _row(v, t, v.flops, v.flops_source, context)
-        row['xla_estimate_mib'] = _mib(v.memory_bytes)
-        row['measured_peak_mib'] = _mib(peak_after)
-        row['peak_note'] = '' if peak_after is None or peak_before is None or (
-            peak_after > peak_before) else ' ≤'
-      elif v.variant.startswith('torchvision'):
-        row = _row(v, t, None, 'none (another network)', context)
-        row['measured_peak_mib'] = _mib(v.memory_bytes)
-      else:
-        row = _row(v, t, jax_flops, 'the JAX step\'s (XLA)', context)
-        row['measured_peak_mib'] = _mib(v.memory_bytes)
-      rows.append(row)
+    try:
+      group_rows, clocks[key] = _run_group(out, plan, batch, dtype, names, context,
+                                           torch_device)
+    except Exception:  # pylint: disable=broad-except  (out of memory in one group's steps)
+      out.add(f'failed {key}', traceback.format_exc()[-2000:],
+              f'Batch {batch} {dtype} failed while timed: '
+              f'`{traceback.format_exc().strip().splitlines()[-1][:300]}`')
+      group_rows = []
+    rows += group_rows
     best_torch = max((r['images_per_s'] for r in rows if r['framework'] == 'torch'
                       and (r['batch'], r['dtype']) == (batch, dtype)), default=None)
     for r in rows:
@@ -162,8 +182,7 @@ def train_step(out, context: dict) -> None:
     if best:
       out.export('best_batch', best['batch'])
       out.export('best_rate', best['images_per_s'])
-    del variants
-    gc.collect()
+    gc.collect()  # the group's variants, before the next group's
     if on_gpu and ts.torch is not None:
       ts.torch.cuda.empty_cache()
 
@@ -206,8 +225,9 @@ def roofline(out, context: dict) -> None:
   from benchmarks import roofline as rl
   plan = gpu_plan.Plan(context['dry_run'], context.get('groups'))
   batch, rate = _batch(context, plan), context.get('best_rate')
+  from benchmarks import peaks
   kind = jax.devices()[0].device_kind
-  sheet, measured = context.get('sheet'), context.get('measured')
+  sheet, measured = context.get('sheet') or peaks.sheet(kind), context.get('measured')
   devices = {}
   if sheet:
     devices[f"{sheet['name']} sheet"] = rl.device_row(sheet)
