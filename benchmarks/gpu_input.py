@@ -40,11 +40,14 @@ def run(out, p: dict, step_rate: float | None) -> None:
             f"{'-' if r['vs_step'] is None else format(r['vs_step'], '.2f')} |" for r in rows]
   out.note('rows', '\n'.join(table) + (
       f'\n\nThe step at the best batch: {step_rate:,.0f} img/s.' if step_rate else ''))
+  import jax
+
   from alexnet_jax.data import device_decode as dd
-  decoder = 'nvimgcodec' if dd.unavailable('nvimgcodec') is None else 'pillow'
+  on_gpu = jax.default_backend() == 'gpu'  # nvImageCodec decodes on a GPU only
+  decoder = 'nvimgcodec' if on_gpu and dd.unavailable('nvimgcodec') is None else 'pillow'
   result = ip.device_decode(stored[95], decoder, p['batch'], p['steps'])
   result['decoder'] = decoder
-  which = decoder if decoder == 'nvimgcodec' else 'the Pillow stand-in: no nvImageCodec here'
+  which = decoder if decoder == 'nvimgcodec' else 'the Pillow stand-in: no GPU or no nvImageCodec'
   out.add('device_decode', result,
           f"Device decode ({which}), q95 256x256 at batch {p['batch']}: "
           f"{result['img_per_s']:,.0f} img/s; against Pillow max |diff| "
