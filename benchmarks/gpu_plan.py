@@ -59,7 +59,7 @@ class Plan:
     self.dry_run = dry_run
     if dry_run:
       self.groups = [(2, 'bfloat16'), (2, 'float32')]
-      self.steps, self.warmup, self.repeats = 1, 0, 3
+      self.steps, self.warmup, self.repeats = 1, 0, 2
       # torch.compile's capture (dynamo) without inductor's CPU code generation (minutes
       # here, and not the GPU's Triton path anyway); one switch: the same code as all five.
       self.compile_backend, self.switches = 'eager', ('lrn',)

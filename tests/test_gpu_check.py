@@ -231,12 +231,15 @@ def test_the_dry_run_runs_every_stage_and_returns_three_files(tmp_path):
              r['mfu_measured'] > 0 for r in rows if r['framework'] == 'jax')
   assert "jax_default_matmul_precision='float32'" in next(
       r['settings'] for r in rows if r['framework'] == 'jax' and r['dtype'] == 'float32')
-  if has_torch:
-    torch_settings = {r['variant']: r['settings'] for r in rows if r['dtype'] == 'bfloat16'
-                      and r['framework'] == 'torch'}
-    assert set(torch_settings) == {'eager', 'compile', 'torchvision alexnet eager'}
-    assert all('cudnn.benchmark=True' in t and 'TF32 off' in t and 'channels_last' in t
-               for t in torch_settings.values())
+  if has_torch:  # each baseline once, with its settings
+    torch_rows = {(r['variant'], r['dtype']): r['settings'] for r in rows
+                  if r['framework'] == 'torch'}
+    assert set(torch_rows) == {('eager', 'bfloat16'), ('compile', 'bfloat16'),
+                               ('torchvision alexnet eager', 'float32')}
+    assert all('cudnn.benchmark=True' in t and 'TF32 off' in t for t in torch_rows.values())
+    assert all('AMP autocast bfloat16' in t and 'channels_last' in t
+               for (_, dtype), t in torch_rows.items() if dtype == 'bfloat16')
+    assert "torch.compile(mode='default'" in torch_rows['compile', 'bfloat16']
   assert {(r['switch'], r['form']) for r in s['switches']['results']['rows']} == {
       ('auto', 'auto'), ('lrn', 'autodiff')}
   assert s['switches']['results']['winners']['lrn']['verdict'] in ('faster', 'tie', 'slower')
