@@ -105,7 +105,7 @@ def environment(out, context: dict) -> None:
   """Versions first (no import needed), then the wheels if the image lacks a module, then
   each import on its own, then what JAX runs on. Every part is written as it is known."""
   from benchmarks import gpu_plan
-  out.add('python', sys.version.split()[0])
+  out.add('python', sys.version.split()[0], f'Python {sys.version.split()[0]} ({sys.executable}).')
   found = versions(gpu_plan.VERSIONS)
   out.add('versions', found, 'Versions (distribution metadata): ' + ', '.join(
       f'{k} {v}' for k, v in found.items() if v) + '; not installed: ' + ', '.join(

@@ -96,7 +96,8 @@ class Report:
                   f"{_s(s['limit_s'])} s.", '']
       lines += [m + '\n' for m in s['markdown'].values()]
       bare = {k: v for k, v in s['results'].items() if k not in s['markdown']}
-      if bare:  # results without their own text: in brief (report.json has them whole)
+      if bare and s['status'] != 'ok':  # an unfinished stage's figures without their text
+        # yet: in brief (report.json has them whole)
         lines += [f'`{k}`: `{json.dumps(v, default=str)[:300]}`' for k, v in bare.items()]
         lines.append('')
       if s['error']:
