@@ -10,6 +10,8 @@ import statistics
 import time
 import traceback
 
+EXIT_S = 5.0  # kept free at the end of the train step's limit: the process's exit
+
 
 def _jax_peak_bytes() -> int | None:
   import jax
@@ -152,7 +154,7 @@ def train_step(out, context: dict) -> None:
     guess = gpu_plan.GROUP_S['jax'] + sum(gpu_plan.GROUP_S[n] for n in names)
     cost, source = gpu_calibration.estimate(calibration, context.get('device_kind'), key,
                                             'groups', guess)
-    left = context['deadline'] - time.time()
+    left = context['deadline'] - time.time() - EXIT_S
     if left < cost:
       out.add(f'skipped {key}', f'needs ~{cost:.0f} s ({source}), {left:.0f} s left',
               f'Skipped batch {batch} {dtype}: ~{cost:.0f} s needed ({source}), {left:.0f} s '
