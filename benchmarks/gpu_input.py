@@ -1,6 +1,6 @@
 """The GPU check's input stage: the stream loader's storages and decoders with N threads and N
 processes (benchmarks/input_pipeline.py), and JPEG decoding on the device (nvImageCodec where
-installed, else the Pillow stand-in), against the train step's img/s (issue 26).
+installed, else the Pillow stand-in), against the train step's img/s.
 """
 
 from __future__ import annotations
