@@ -1,6 +1,7 @@
 """A ceiling to measure against: the time each layer of the 224x224 network cannot beat on an
-H200, H100 and A100, from XLA's FLOP count, the bytes the layer must move, and the data
-sheets' peaks and bandwidths.
+H200, H100 and A100 (or, in the GPU check, on the device it runs on, by its data sheet and by
+its measured matmul rate and copy bandwidth), from XLA's FLOP count, the bytes the layer must
+move, and the peaks and bandwidths.
 
     python -m benchmarks.roofline                            # batch 128, bfloat16
     python -m benchmarks.roofline --batch=2048 --json_out=r.json
@@ -41,14 +42,19 @@ from alexnet_jax.parallel import sharding  # noqa: E402
 from alexnet_jax.train import optimizer  # noqa: E402
 from alexnet_jax.train import steps  # noqa: E402
 from benchmarks import layers as layers_lib  # noqa: E402
+from benchmarks import peaks  # noqa: E402
 
-# Data sheets, dense (no sparsity), per device: (bfloat16 FLOP/s, float32 FLOP/s (TF32
-# tensor cores, what XLA uses for float32 convolutions and matmuls by default), bytes/s).
-DEVICES = {
-    'H200': (989e12, 494.7e12, 4.8e12),  # H200 SXM 141 GB HBM3e
-    'H100': (989e12, 494.7e12, 3.35e12),  # H100 SXM 80 GB HBM3
-    'A100': (312e12, 156e12, 2.039e12),  # A100 SXM 80 GB HBM2e
-}
+
+def device_row(sheet: dict) -> tuple[float, float, float]:
+  """(bfloat16 FLOP/s, float32 FLOP/s (TF32 tensor cores, what XLA uses for float32
+  convolutions and matmuls at the default precision), bytes/s) of a `peaks.sheet`."""
+  return sheet['bfloat16'], sheet['tf32'], sheet['bytes_per_s']
+
+
+# Data sheets (benchmarks/peaks.py), dense, per device. The GPU check passes its own device's
+# sheet and measured figures instead (`roofline(..., devices=)`).
+DEVICES = {name: device_row(peaks.sheet(kind)) for name, kind in (
+    ('H200', 'NVIDIA H200'), ('H100', 'NVIDIA H100 80GB HBM3'), ('A100', 'NVIDIA A100'))}
 DTYPES = {'bfloat16': jnp.bfloat16, 'float32': jnp.float32}
 
 
@@ -60,7 +66,7 @@ def cost(compiled) -> tuple[float, float]:
   return float(c.get('flops', 0.0)), float(c.get('bytes accessed', 0.0))
 
 
-def _cast(tree, dtype):
+def cast(tree, dtype):
   return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
                       else a, tree)
 
@@ -69,12 +75,15 @@ def nbytes(tree) -> int:
   return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in jax.tree.leaves(tree))
 
 
-def layer_costs(spec: network.AlexNetSpec, batch: int, dtype) -> list[dict]:
-  """{layer, fwd_flops, train_flops, fwd_bytes, train_bytes, xla_train_bytes} at `batch`."""
+def layer_costs(spec: network.AlexNetSpec, batch: int, dtype, only=None) -> list[dict]:
+  """{layer, fwd_flops, train_flops, fwd_bytes, train_bytes, xla_train_bytes} at `batch`,
+  of the layers in `only` (default all)."""
   rows = []
   for name, (fn, params, x) in layers_lib.jax_layers(spec, batch).items():
+    if only is not None and name not in only:
+      continue
     if name not in layers_lib.NO_BACKWARD:  # the update runs on the float32 parameters
-      params, x = _cast(params, dtype), _cast(x, dtype)
+      params, x = cast(params, dtype), cast(x, dtype)
     out = jax.eval_shape(fn, params, x)
     row = {'layer': name}
     row['fwd_flops'], xla_fwd_bytes = cost(jax.jit(fn).lower(params, x).compile())
@@ -115,53 +124,61 @@ def step_cost(spec: network.AlexNetSpec, batch: int, dtype) -> tuple[float, floa
   return flops, 2 * nbytes(state) + batch * (spec.image_size ** 2 * spec.in_channels * 4 + 4)
 
 
-def bound_seconds(flops: float, nbytes: float, device: str, dtype: str) -> tuple[float, str]:
-  """The roofline bound and what sets it ('compute' or 'memory')."""
-  bf16, f32, bandwidth = DEVICES[device]
+def bound_seconds(flops: float, nbytes: float, device: tuple[float, float, float],
+                  dtype: str) -> tuple[float, str]:
+  """The roofline bound on `device` (bfloat16 FLOP/s, float32 FLOP/s, bytes/s) and what sets
+  it ('compute' or 'memory')."""
+  bf16, f32, bandwidth = device
   compute = flops / (bf16 if dtype == 'bfloat16' else f32)
   memory = nbytes / bandwidth
   return max(compute, memory), 'compute' if compute >= memory else 'memory'
 
 
-def roofline(spec: network.AlexNetSpec, batch: int, dtype: str) -> dict:
-  """Every layer's and the step's costs with their bounds on each device in DEVICES."""
+def roofline(spec: network.AlexNetSpec, batch: int, dtype: str, devices: dict | None = None,
+             only=None) -> dict:
+  """Every layer's (of `only`, default all) and the step's costs with their bounds on each
+  of `devices` ({label: (bfloat16 FLOP/s, float32 FLOP/s, bytes/s)}, default DEVICES)."""
+  devices = devices or DEVICES
   jdtype = DTYPES[dtype]
-  rows = layer_costs(spec, batch, jdtype)
+  rows = layer_costs(spec, batch, jdtype, only)
   for r in rows:
-    for d in DEVICES:
-      r[f'{d}_us'], r[f'{d}_by'] = bound_seconds(r['train_flops'], r['train_bytes'], d, dtype)
+    for d, figures in devices.items():
+      r[f'{d}_us'], r[f'{d}_by'] = bound_seconds(r['train_flops'], r['train_bytes'], figures,
+                                                 dtype)
       r[f'{d}_us'] *= 1e6
   flops, nbytes = step_cost(spec, batch, jdtype)
   step = {'flops': flops, 'bytes': nbytes}
-  for d in DEVICES:
-    seconds, by = bound_seconds(flops, nbytes, d, dtype)
+  for d, figures in devices.items():
+    seconds, by = bound_seconds(flops, nbytes, figures, dtype)
     layer_sum = sum(r[f'{d}_us'] for r in rows) * 1e-6
     step[d] = {'step_us': seconds * 1e6, 'bound_by': by, 'img_per_s': batch / seconds,
                'layers_sum_us': layer_sum * 1e6, 'layers_img_per_s': batch / layer_sum}
   return {'backend': jax.default_backend(), 'batch': batch, 'dtype': dtype, 'layers': rows,
-          'step': step}
+          'step': step, 'devices': {d: list(f) for d, f in devices.items()}}
 
 
 def markdown(result: dict) -> str:
-  """The per-layer table and the step's bound in img/s."""
+  """The per-layer table (each device's bound and what sets it) and the step's bound."""
   b = result['batch']
+  devices = list(result['devices'])
   xla = f"XLA:{result['backend'].upper()} MB"
-  lines = [f"Roofline of the train step, batch {b}, {result['dtype']}, per device", '',
+  lines = [f"Roofline of the train step, batch {b}, {result['dtype']}, per device "
+           f"(bound µs, and whether compute or memory sets it)", '',
            f'| layer | train GFLOP | train MB | {xla} | FLOP/byte | ' +
-           ' | '.join(f'{d} bound µs' for d in DEVICES) + ' | H200 bound by |',
-           '|---|---:|---:|---:|---:|' + '---:|' * len(DEVICES) + '---|']
+           ' | '.join(f'{d} bound µs' for d in devices) + ' |',
+           '|---|---:|---:|---:|---:|' + '---:|' * len(devices)]
   for r in result['layers']:
     intensity = r['train_flops'] / max(r['train_bytes'], 1.0)
     lines.append(f"| {r['layer']} | {r['train_flops'] / 1e9:.2f} | {r['train_bytes'] / 1e6:.1f} | "
-                 f"{r['xla_train_bytes'] / 1e6:.0f} | {intensity:.0f} | " + ' | '.join(f"{r[f'{d}_us']:.0f}" for d in DEVICES) +
-                 f" | {r['H200_by']} |")
+                 f"{r['xla_train_bytes'] / 1e6:.0f} | {intensity:.0f} | " +
+                 ' | '.join(f"{r[f'{d}_us']:.0f} {r[f'{d}_by']}" for d in devices) + ' |')
   s = result['step']
   lines += ['', f"Whole train step: {s['flops'] / 1e9:.1f} GFLOP, {s['bytes'] / 1e6:.0f} MB of "
             'state and batch.', '',
-            '| device | sum of layer bounds µs | img/s ceiling | whole-step bound µs | bound by | '
-            'img/s |',
+            '| device | sum of layer bounds µs | img/s ceiling | whole-step bound µs | '
+            'bound by | img/s |',
             '|---|---:|---:|---:|---|---:|']
-  for d in DEVICES:
+  for d in devices:
     x = s[d]
     lines.append(f"| {d} | {x['layers_sum_us']:.0f} | {x['layers_img_per_s']:,.0f} | "
                  f"{x['step_us']:.0f} | {x['bound_by']} | {x['img_per_s']:,.0f} |")

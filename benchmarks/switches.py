@@ -6,8 +6,9 @@ the 224x224 network, every form against the backend's 'auto' form, interleaved i
 
 A switch's forms give the same sums; what differs is the time. Each form is its own
 compiled step (`steps.make_train_step` of `AlexNetSpec` with that one field changed), and
-the repeats alternate between forms, so that a background load hits them alike. The row
-that wins says which form 'auto' should take on this backend.
+the repeats alternate between forms, so that a background load hits them alike. A form wins
+over 'auto' only when its median beats auto's by more than 3 spreads (median absolute
+deviations of the repeats); otherwise it is a tie and the default stays (`decide`).
 """
 
 from __future__ import annotations
@@ -99,18 +100,61 @@ def measure(spec, batch: int, dtype: str, steps_per_repeat: int, repeats: int,
   auto_ms = 1e3 * statistics.median(times[0])
   rows = []
   for i, (switch, form, step) in enumerate(built):
-    ms = 1e3 * statistics.median(times[i])
-    rows.append({'switch': switch, 'form': form, 'step_ms': ms, 'vs_auto': auto_ms / ms,
+    ms = [1e3 * t for t in times[i]]
+    rows.append({'switch': switch, 'form': form, 'step_ms': statistics.median(ms),
+                 'step_ms_all': ms, 'spread_ms': spread(ms),
+                 'vs_auto': auto_ms / statistics.median(ms),
+                 'verdict': None if i == 0 else decide(rows[0]['step_ms_all'], ms),
                  'compile_s': step.compile_s, 'batch': batch, 'dtype': dtype})
   return rows
 
 
+# A form replaces the default only when it is faster by more than this many spreads.
+SPREADS_TO_WIN = 3.0
+
+
+def spread(times: list[float]) -> float:
+  """The median absolute deviation of repeated timings: how far a repeat strays, robust to
+  one slow outlier."""
+  m = statistics.median(times)
+  return statistics.median(abs(t - m) for t in times)
+
+
+def decide(default: list[float], other: list[float], k: float = SPREADS_TO_WIN) -> str:
+  """'faster' when `other`'s median beats `default`'s by more than k times the larger of
+  the two spreads, 'slower' when it loses by as much, else 'tie' (the default stays)."""
+  gap = statistics.median(default) - statistics.median(other)
+  noise = k * max(spread(default), spread(other))
+  if gap > noise:
+    return 'faster'
+  if -gap > noise:
+    return 'slower'
+  return 'tie'
+
+
+def winners(rows: list[dict], platform: str) -> dict:
+  """{switch: {'form', 'verdict', 'default'}}: the fastest form whose verdict against the
+  platform's current 'auto' form is 'faster', else that form ('tie' or 'slower')."""
+  auto = implementations.AUTO.get(platform, implementations.AUTO['default'])
+  out = {}
+  for switch in implementations.CHOICES:
+    forms = [r for r in rows[1:] if r['switch'] == switch]
+    faster = sorted((r for r in forms if r['verdict'] == 'faster'), key=lambda r: r['step_ms'])
+    if faster:
+      out[switch] = {'form': faster[0]['form'], 'verdict': 'faster', 'default': auto[switch]}
+    elif forms:
+      verdict = 'tie' if any(r['verdict'] == 'tie' for r in forms) else 'slower'
+      out[switch] = {'form': auto[switch], 'verdict': verdict, 'default': auto[switch]}
+  return out
+
+
 def markdown(rows: list[dict]) -> str:
-  lines = ['| switch | form | step ms | auto / this (above 1: this is faster) | compile s |',
-           '|---|---|---:|---:|---:|']
+  lines = ['| switch | form | step ms (median) | spread ms (MAD) | auto / this | against auto '
+           f'(beyond {SPREADS_TO_WIN:g} spreads) | compile s |',
+           '|---|---|---:|---:|---:|---|---:|']
   for r in rows:
-    lines.append(f"| {r['switch']} | {r['form']} | {r['step_ms']:.1f} | {r['vs_auto']:.2f} | "
-                 f"{r['compile_s']:.1f} |")
+    lines.append(f"| {r['switch']} | {r['form']} | {r['step_ms']:.2f} | {r['spread_ms']:.2f} | "
+                 f"{r['vs_auto']:.2f} | {r['verdict'] or '-'} | {r['compile_s']:.1f} |")
   return '\n'.join(lines)
 
 

@@ -1,8 +1,16 @@
 """The PyTorch baselines the train-step benchmarks compare JAX with: the paper's two-tower
 network in PyTorch (grouped convolutions, `LocalResponseNorm`, the paper's init) and
 torchvision's one-tower `alexnet`, each trained with `torch.optim.SGD(lr=0.01, momentum=0.9,
-weight_decay=5e-4)`, eager or under `torch.compile`. `torch` is None where PyTorch does not
-import."""
+weight_decay=5e-4)`, eager or under `torch.compile` (mode 'default', or another named after
+the variant: 'compile max-autotune-no-cudagraphs'). `torch` is None where PyTorch does not
+import.
+
+What a PyTorch user would set for speed, set the same way for every variant
+(`configure_backends`): `cudnn.benchmark=True`; bfloat16 under AMP autocast with channels_last
+tensors; float32 with TF32 off for both matmuls and cuDNN convolutions, as the JAX float32
+rows run at `jax_default_matmul_precision='float32'` (or both on with `tf32=True`). Each
+variant's `settings` says exactly what it ran with, for the report beside its figure.
+"""
 
 from __future__ import annotations
 
@@ -58,6 +66,25 @@ def torch_alexnet(spec):
   return AlexNet()
 
 
+def configure_backends(tf32: bool) -> str:
+  """cudnn.benchmark on, TF32 on or off for matmuls and cuDNN convolutions alike; returns
+  what is set, as read back from torch."""
+  torch.backends.cudnn.benchmark = True
+  precision = 'tf32' if tf32 else 'ieee'
+  if hasattr(torch.backends.cuda.matmul, 'fp32_precision') and hasattr(
+      getattr(torch.backends.cudnn, 'conv', None), 'fp32_precision'):  # torch >= 2.9
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision
+    tf32_text = (f'matmul fp32_precision={torch.backends.cuda.matmul.fp32_precision}, '
+                 f'cudnn.conv fp32_precision={torch.backends.cudnn.conv.fp32_precision}')
+  else:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    tf32_text = (f'cuda.matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}, '
+                 f'cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}')
+  return (f'cudnn.benchmark={torch.backends.cudnn.benchmark}, '
+          f'TF32 {"on" if tf32 else "off"} ({tf32_text})')
+
+
 class TorchVariant:
   """One PyTorch train step: model, optimizer and a synthetic batch on the torch device."""
 
@@ -65,9 +92,11 @@ class TorchVariant:
   mode = '1 device'
   flops_source = 'card'
 
-  def __init__(self, spec, variant: str, batch: int, dtype: str, device):
+  def __init__(self, spec, variant: str, batch: int, dtype: str, device, tf32: bool = False,
+               compile_backend: str = 'inductor'):
     self.variant, self.batch, self.dtype, self.device = variant, batch, dtype, device
     self.flops = CARD_FLOPS_PER_IMAGE * batch
+    backends = configure_backends(tf32)
     torch.manual_seed(0)
     if variant.startswith('torchvision'):
       import torchvision
@@ -78,14 +107,25 @@ class TorchVariant:
     memory_format = torch.channels_last if self.amp else torch.contiguous_format
     net = net.to(device, memory_format=memory_format).train()
     self.opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    self.net = torch.compile(net, dynamic=False) if variant == 'compile' else net
+    compiled = variant.startswith('compile')
+    mode = variant.partition(' ')[2] or 'default'
+    self.net = torch.compile(net, dynamic=False, mode=mode,
+                             backend=compile_backend) if compiled else net
+    self.settings = '; '.join([
+        f'torch {torch.__version__} ' + (f'torch.compile(mode={mode!r}, dynamic=False, '
+                                         f'backend={compile_backend!r})'
+                                         if compiled else 'eager'),
+        'torchvision alexnet (one tower, no LRN)' if variant.startswith('torchvision')
+        else 'the two-tower network (groups=2, LRN)',
+        'AMP autocast bfloat16, float32 parameters, channels_last' if self.amp
+        else 'float32, NCHW contiguous', backends, 'SGD momentum 0.9, weight decay 5e-4'])
     self.images = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size,
                               device=device).contiguous(memory_format=memory_format) * 60
     self.labels = torch.randint(0, spec.num_classes, (batch,), device=device)
     self.memory_bytes = None
     t0 = time.perf_counter()
     self.run(1)  # torch.compile compiles here
-    self.compile_s = time.perf_counter() - t0 if variant == 'compile' else None
+    self.compile_s = time.perf_counter() - t0 if compiled else None
 
   def _sync(self):
     if self.device.type == 'cuda':
@@ -109,9 +149,9 @@ class TorchVariant:
 
 def torch_variant_names(on_gpu: bool, dtype: str, use_torch: bool = True,
                         use_compile: bool = True, dry_run: bool = False) -> list[str]:
-  """The PyTorch variants of a (device, dtype): eager, torch.compile and, on GPU,
-  torchvision's alexnet. On CPU torch runs float32 only, except in the GPU check's dry run,
-  which takes the GPU's paths (AMP bfloat16, torchvision) on CPU."""
+  """The PyTorch variants of a (device, dtype): eager, torch.compile (mode 'default') and, on
+  GPU, torchvision's alexnet. On CPU torch runs float32 only, except in the GPU check's dry
+  run, which takes the GPU's paths (AMP bfloat16, torchvision) on CPU."""
   gpu_paths = on_gpu or dry_run
   if torch is None or not use_torch or (dtype == 'bfloat16' and not gpu_paths):
     return []

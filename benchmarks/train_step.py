@@ -20,7 +20,9 @@ synthetic batch.
   3 px bottom/right to 55x55) with `torch.optim.SGD(lr=0.01, momentum=0.9,
   weight_decay=5e-4)`, eager and `torch.compile`. On GPU the bfloat16 rows use AMP
   autocast with channels_last, and torchvision's one-tower `alexnet` is added when
-  torchvision imports. On CPU torch runs in float32 only.
+  torchvision imports. On CPU torch runs in float32 only. cudnn.benchmark is on, and
+  float32 runs with TF32 off on both sides (JAX at `jax_default_matmul_precision='float32'`),
+  or on in both with `--tf32` (benchmarks/torch_baselines.py).
 
 Method: build and compile every variant of a (batch, dtype), run `--warmup` steps,
 then `--repeats` rounds in which each variant in turn runs `--steps` steps
@@ -92,6 +94,8 @@ def define_flags() -> None:
                        'default 2048 on CPU, 8192 on GPU.')
   flags.DEFINE_bool('torch', True, 'Time the PyTorch baseline (if torch imports).')
   flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile.')
+  flags.DEFINE_bool('tf32', False, 'float32 with TF32 on in JAX and PyTorch alike (default: '
+                    'off in both: jax_default_matmul_precision=float32, fp32_precision=ieee).')
   flags.DEFINE_string('json_out', None, 'Write the header and all rows as JSON here.')
 
 
@@ -127,7 +131,7 @@ class JaxVariant:
 
   framework = 'jax'
 
-  def __init__(self, spec, mode: str, batch: int, dtype: str):
+  def __init__(self, spec, mode: str, batch: int, dtype: str, precision: str = 'default'):
     n = jax.device_count()
     data, model_ = sharding.mesh_shape(n, -1, 0, mode, spec.num_towers)
     layout = sharding.Layout(sharding.make_mesh(data, model_), mode)
@@ -145,10 +149,14 @@ class JaxVariant:
     train_step = steps.make_train_step(spec, layout, tx, batch, compute_dtype=JAX_DTYPES[dtype],
                                        grad_norm=False)
     t0 = time.perf_counter()
-    self.step = train_step.lower(self.state, self.images, self.labels).compile()
+    with jax.default_matmul_precision(precision):  # traced here: the step keeps it
+      self.step = train_step.lower(self.state, self.images, self.labels).compile()
     self.compile_s = time.perf_counter() - t0
     self.flops, self.flops_source = self._flops(batch)
     self.memory_bytes = self._memory_bytes()
+    self.settings = (f'jax {jax.__version__} jit, {dtype} compute with float32 parameters, '
+                     f'jax_default_matmul_precision={precision!r}, XLA_FLAGS='
+                     f"{os.environ.get('XLA_FLAGS') or 'none'}, paper momentum SGD")
 
   def _flops(self, batch: int) -> tuple[float, str]:
     """FLOPs of one step on all devices: XLA's count per device x devices, else the card's."""
@@ -282,15 +290,18 @@ def main(argv):
   for batch in batches:
     for dtype in FLAGS.dtypes:
       variants = []
+      # The same float32 arithmetic on both sides (bfloat16 operands ignore the precision).
+      precision = 'default' if dtype == 'bfloat16' else (
+          'tensorfloat32' if FLAGS.tf32 else 'float32')
       for mode in modes:
         print(f'# compiling jax {mode} batch {batch} {dtype}', file=sys.stderr, flush=True)
         try:
-          variants.append(JaxVariant(spec, mode, batch, dtype))
+          variants.append(JaxVariant(spec, mode, batch, dtype, precision))
         except ValueError as e:  # ConfigError: batch not divisible by the mesh
           print(f'note: skipping jax {mode} batch {batch}: {e}')
       for name in torch_variant_names(on_gpu, dtype, FLAGS.torch, FLAGS.torch_compile):
         print(f'# building torch {name} batch {batch} {dtype}', file=sys.stderr, flush=True)
-        variants.append(TorchVariant(spec, name, batch, dtype, torch_device))
+        variants.append(TorchVariant(spec, name, batch, dtype, torch_device, FLAGS.tf32))
       quiet = machine.Quiet()
       quiet.load_before = quiet_at_start
       quiet.start()

@@ -2,8 +2,10 @@
 # Downloads the wheels the GPU image lacks (scripts/gpu_wheels.txt: exact pins) for Python
 # 3.12 on manylinux x86_64 into .whl/ (ignored by git), then prints each wheel's name,
 # version and size, the total, and the size of everything that travels to the GPU machine
-# (tracked and untracked-not-ignored files plus .whl; the limit is 64 MiB). docs/gpu.md says
-# how they are installed there.
+# (tracked and untracked-not-ignored files plus .whl; the limit is 64 MiB), and stamps the
+# commit into .whl/provenance.json (the GPU machine gets no .git; rerun
+# `python -m benchmarks.provenance` after a later commit). docs/gpu.md says how they are
+# installed there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=.whl
@@ -43,3 +45,5 @@ if [ $((tree + total)) -gt $((64 * 1024 * 1024)) ]; then
   echo "over 64 MiB: the GPU machine would refuse the tree" >&2
   exit 1
 fi
+python3 -m benchmarks.provenance >/dev/null
+echo "stamped: .whl/provenance.json ($(git rev-parse --short HEAD))"

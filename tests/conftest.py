@@ -1,6 +1,7 @@
 """Test configuration: 8 CPU devices for the mesh tests and XLA:CPU's settings, set before
-JAX initialises; absl flags marked parsed as launch.py parses them (grain reads its flags);
-and no test may leave a process behind."""
+JAX initialises (JAX_PLATFORMS=cpu unless set: the GPU check sets it); absl flags marked
+parsed as launch.py parses them (grain reads its flags); no test may leave a process behind;
+and the gpu-marked tests run on the backend the GPU check asked for, or fail."""
 
 import ctypes
 import os
@@ -17,6 +18,10 @@ xla_cpu.configure()
 flags.FLAGS.mark_as_parsed()
 
 PR_SET_CHILD_SUBREAPER = 36
+# Set by the GPU check's tests stage (benchmarks/gpu_env.py): the backend the gpu-marked tests
+# must run on ('gpu'), and a file where each of them records the backend it ran on.
+EXPECT_BACKEND = 'ALEXNET_JAX_EXPECT_BACKEND'
+BACKEND_LOG = 'ALEXNET_JAX_BACKEND_LOG'
 
 
 _OWN_CACHE = []
@@ -88,12 +93,43 @@ def no_process_outlives_its_test():
   assert not left, f'processes outlived the test: {left}'
 
 
+@pytest.fixture(autouse=True)
+def on_the_backend_asked_for(request):
+  """A gpu-marked test records the backend JAX runs it on and, where the GPU check asked for
+  one (EXPECT_BACKEND), fails on any other: on a GPU machine whose CUDA plugin did not load,
+  JAX would otherwise run these tests on the CPU and pass."""
+  if request.node.get_closest_marker('gpu') is not None and (
+      os.environ.get(EXPECT_BACKEND) or os.environ.get(BACKEND_LOG)):
+    import jax
+    backend = jax.default_backend()
+    request.node.user_properties += [('backend', backend),
+                                     ('device_kind', jax.devices()[0].device_kind)]
+    expected = os.environ.get(EXPECT_BACKEND)
+    if expected and backend != expected:
+      pytest.fail(f'this test ran on {backend}, and the GPU check asked for {expected} '
+                  f'(JAX_PLATFORMS={os.environ.get("JAX_PLATFORMS")})')
+  yield
+
+
+def _record_backend(item, report) -> None:
+  """One line per gpu-marked test in BACKEND_LOG: the backend it saw and its outcome."""
+  props = dict(item.user_properties)
+  if 'backend' not in props or not (report.when == 'call' or report.failed):
+    return
+  import json
+  with open(os.environ[BACKEND_LOG], 'a', encoding='utf-8') as f:
+    f.write(json.dumps({'test': item.nodeid, 'phase': report.when, 'backend': props['backend'],
+                        'device_kind': props['device_kind'], 'outcome': report.outcome}) + '\n')
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
   """In CI (CI=true), a skipped test fails: CI installs everything the tests need, so a skip
   there means a test that should have run did not."""
   outcome = yield
   report = outcome.get_result()
+  if os.environ.get(BACKEND_LOG):
+    _record_backend(item, report)
   if (report.skipped and os.environ.get('CI', '').lower() in ('true', '1')
       and not hasattr(report, 'wasxfail')):
     reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr

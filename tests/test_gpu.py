@@ -1,7 +1,8 @@
 """What the GPU check (`benchmarks.gpu_check`, `pytest -m gpu`) runs first on an accelerator:
 the model against float64 NumPy in float32 and bfloat16, every mesh that fits one device,
 and a checkpoint saved and restored bitwise. Each runs on the default backend, so CI runs
-them on CPU too.
+them on CPU too; the check sets JAX_PLATFORMS and ALEXNET_JAX_EXPECT_BACKEND, and
+tests/conftest.py fails each of them that runs on another backend.
 
 float32 bounds: 1e-5 with full float32 arithmetic (`precision='highest'`). With the default
 precision an NVIDIA GPU multiplies float32 in TF32 (10-bit mantissa, about 5e-4 relative per
@@ -10,6 +11,7 @@ bound is 1e-2 off CPU. bfloat16 (8-bit mantissa): 5e-2.
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,15 @@ def _float64_case():
   images = np.random.default_rng(1).uniform(-120, 120, (2, 224, 224, 3))
   return spec, params64, images, reference.forward(params64, images, spec.conv1_stride,
                                                    spec.conv1_pads())
+
+
+def test_the_backend_is_the_one_asked_for():
+  """The arrays of a jitted computation live on the backend the check asked for (conftest
+  checks JAX's default backend; this, where the computation ran)."""
+  expected = os.environ.get('ALEXNET_JAX_EXPECT_BACKEND') or jax.default_backend()
+  out = jax.jit(lambda x: x @ x)(jnp.eye(4))
+  assert {d.platform for d in out.devices()} == {expected}
+  np.testing.assert_array_equal(np.asarray(out), np.eye(4))
 
 
 def _relative_error(dtype, precision):
