@@ -94,9 +94,9 @@ def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh()
       out.append(float(metrics['loss']))
     return np.array(out)
 
-  reference = losses(layout_for('towers', 1, 1), on_device=False)
+  expected = losses(layout_for('towers', 1, 1), on_device=False)
   for mode, d, m in [('towers', 1, 1), ('towers', 4, 2), ('data', 8, 1), ('hybrid', 4, 2)]:
-    np.testing.assert_allclose(losses(layout_for(mode, d, m), True), reference, rtol=1e-5,
+    np.testing.assert_allclose(losses(layout_for(mode, d, m), True), expected, rtol=1e-5,
                                err_msg=f'{mode} {d}x{m}')
 
 
