@@ -76,29 +76,41 @@ def relu(x):
   return np.maximum(x, 0)
 
 
-def forward(params, x, conv1_stride, conv1_pads, use_lrn=True):
+def forward(params, x, conv1_stride, conv1_pads, use_lrn=True, activations=False):
+  """The logits; with `activations`, also {layer: output}, the towers side by side on the
+  last axis, under the names `network.apply(activations=True)` gives them."""
   p = {l: {n: np.asarray(v, np.float64) for n, v in d.items()} for l, d in params.items()}
   towers = p['conv1']['kernel'].shape[0]
   same = lambda w: ((w.shape[0] // 2,) * 2,) * 2
   maybe_lrn = lrn if use_lrn else (lambda a: a)
-  t1 = [maxpool(maybe_lrn(relu(conv2d(x, p['conv1']['kernel'][t], p['conv1']['bias'][t],
-                                      conv1_stride, conv1_pads)))) for t in range(towers)]
-  t2 = [maxpool(maybe_lrn(relu(conv2d(t1[t], p['conv2']['kernel'][t], p['conv2']['bias'][t], 1,
-                                      same(p['conv2']['kernel'][t]))))) for t in range(towers)]
+  acts = {}
+
+  def keep(name, ts):
+    acts[name] = np.concatenate(ts, axis=-1)
+    return ts
+
+  c1 = keep('conv1', [relu(conv2d(x, p['conv1']['kernel'][t], p['conv1']['bias'][t],
+                                  conv1_stride, conv1_pads)) for t in range(towers)])
+  t1 = keep('pool1', [maxpool(a) for a in keep('lrn1', [maybe_lrn(a) for a in c1])])
+  c2 = keep('conv2', [relu(conv2d(t1[t], p['conv2']['kernel'][t], p['conv2']['bias'][t], 1,
+                                  same(p['conv2']['kernel'][t]))) for t in range(towers)])
+  t2 = keep('pool2', [maxpool(a) for a in keep('lrn2', [maybe_lrn(a) for a in c2])])
   both = np.concatenate(t2, axis=-1)  # conv3 sees both towers
-  t3 = [relu(conv2d(both, p['conv3']['kernel'][t], p['conv3']['bias'][t], 1,
-                    same(p['conv3']['kernel'][t]))) for t in range(towers)]
-  t4 = [relu(conv2d(t3[t], p['conv4']['kernel'][t], p['conv4']['bias'][t], 1,
-                    same(p['conv4']['kernel'][t]))) for t in range(towers)]
-  t5 = [maxpool(relu(conv2d(t4[t], p['conv5']['kernel'][t], p['conv5']['bias'][t], 1,
-                            same(p['conv5']['kernel'][t])))) for t in range(towers)]
+  t3 = keep('conv3', [relu(conv2d(both, p['conv3']['kernel'][t], p['conv3']['bias'][t], 1,
+                                  same(p['conv3']['kernel'][t]))) for t in range(towers)])
+  t4 = keep('conv4', [relu(conv2d(t3[t], p['conv4']['kernel'][t], p['conv4']['bias'][t], 1,
+                                  same(p['conv4']['kernel'][t]))) for t in range(towers)])
+  c5 = keep('conv5', [relu(conv2d(t4[t], p['conv5']['kernel'][t], p['conv5']['bias'][t], 1,
+                                  same(p['conv5']['kernel'][t]))) for t in range(towers)])
+  t5 = keep('pool5', [maxpool(a) for a in c5])
   flat = np.concatenate([t.reshape(t.shape[0], -1) for t in t5], axis=-1)  # fc6 sees both
-  h6 = np.concatenate([relu(flat @ p['fc6']['kernel'][t] + p['fc6']['bias'][t])
-                       for t in range(towers)], axis=-1)
-  h7 = np.concatenate([relu(h6 @ p['fc7']['kernel'][t] + p['fc7']['bias'][t])
-                       for t in range(towers)], axis=-1)
+  h6 = np.concatenate(keep('fc6', [relu(flat @ p['fc6']['kernel'][t] + p['fc6']['bias'][t])
+                                   for t in range(towers)]), axis=-1)
+  h7 = np.concatenate(keep('fc7', [relu(h6 @ p['fc7']['kernel'][t] + p['fc7']['bias'][t])
+                                   for t in range(towers)]), axis=-1)
   w8 = np.concatenate([p['fc8']['kernel'][t] for t in range(towers)], axis=0)  # dense 4096 x C
-  return h7 @ w8 + p['fc8']['bias']
+  logits = keep('fc8', [h7 @ w8 + p['fc8']['bias']])[0]
+  return (logits, acts) if activations else logits
 
 
 # ---- the paper's training view, step by step --------------------------------------------

@@ -231,7 +231,8 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
           conv_tower_axis: str | None = None,
           fc_tower_axis: str | None = None,
           fc_batch_axis: str | None = None,
-          compute_dtype=jnp.float32, with_fc7: bool = False) -> jax.Array:
+          compute_dtype=jnp.float32, with_fc7: bool = False,
+          activations: bool = False) -> jax.Array:
   """Logits (float32, or float64 for float64 compute) for a batch of NHWC images.
 
   Args:
@@ -250,12 +251,23 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
     compute_dtype: dtype of activations and matmuls (parameters are cast).
     with_fc7: also return fc7's activations (B, T * units), the feature space of the
       paper's Figure 4 (section 6.1); the towers held here only.
+    activations: also return (last) every layer's output in the compute dtype, the towers
+      held here side by side on the last axis: {'conv1' (after its ReLU), 'lrn1', 'pool1',
+      'conv2', 'lrn2', 'pool2', 'conv3', 'conv4', 'conv5', 'pool5', 'fc6', 'fc7' (after
+      ReLU and dropout), 'fc8' (the logits)}; for studying the network layer by layer.
   """
   x = images.astype(compute_dtype)
   local_t = params['conv1']['kernel'].shape[0]
   form = {name: implementations.choose(name, getattr(spec, field)) for name, field in (
       ('conv1', 'conv1_impl'), ('conv1_input', 'conv1_input'),
       ('pool_backward', 'pool_backward'), ('tower_conv', 'tower_conv'), ('lrn', 'lrn_impl'))}
+
+  taps = {}
+
+  def tap(name, xs):
+    if activations:
+      taps[name] = jnp.concatenate(xs, axis=-1)
+    return xs
 
   def tower_ids(axis, n_local):
     first = 0 if axis is None else jax.lax.axis_index(axis) * n_local
@@ -264,9 +276,10 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
   def conv_tower(name, xs, stride=1, padding=None):
     p = params[name]
     if form['tower_conv'] == 'grouped' and len(xs) > 1 and stride == 1:
-      return [jax.nn.relu(y) for y in grouped_conv(xs, p['kernel'], p['bias'], padding)]
-    return [jax.nn.relu(conv(xi, p['kernel'][t], p['bias'][t], stride, padding))
-            for t, xi in enumerate(xs)]
+      return tap(name, [jax.nn.relu(y)
+                        for y in grouped_conv(xs, p['kernel'], p['bias'], padding)])
+    return tap(name, [jax.nn.relu(conv(xi, p['kernel'][t], p['bias'][t], stride, padding))
+                      for t, xi in enumerate(xs)])
 
   def conv_shared_input(name, xi, stride=1, padding=None):
     # Towers that see the same input (conv1: the image, conv3: both towers) run as
@@ -280,9 +293,9 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
     space_to_depth = stride > 1 and form['conv1'] == 'space_to_depth'
     apply_conv = space_to_depth_conv if space_to_depth else conv
     y = jax.nn.relu(apply_conv(xi, kernel, bias, stride, padding))
-    return jnp.split(y, local_t, axis=-1)
+    return tap(name, jnp.split(y, local_t, axis=-1))
 
-  def norm_pool(xs, lrn):
+  def norm_pool(xs, lrn, index):
     if lrn and spec.lrn:
       lrn_fn = lambda xi: local_response_norm(xi, spec.lrn_k, spec.lrn_n, spec.lrn_alpha,
                                               spec.lrn_beta, backward=form['lrn'])
@@ -290,18 +303,19 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
         xs = _lrn_across_towers(xs, lrn_fn, spec.lrn_n // 2, conv_tower_axis)
       else:
         xs = [lrn_fn(xi) for xi in xs]
-    return [max_pool(xi, spec.pool_window, spec.pool_stride, backward=form['pool_backward'])
-            for xi in xs]
+      tap(f'lrn{index}', xs)
+    return tap(f'pool{index}', [max_pool(xi, spec.pool_window, spec.pool_stride,
+                                         backward=form['pool_backward']) for xi in xs])
 
   # conv1, conv2: each tower sees the image, then only itself.
   xs = conv_shared_input('conv1', x, spec.conv1_stride, spec.conv1_pads())
-  xs = norm_pool(xs, lrn=True)
-  xs = norm_pool(conv_tower('conv2', xs), lrn=True)
+  xs = norm_pool(xs, lrn=True, index=1)
+  xs = norm_pool(conv_tower('conv2', xs), lrn=True, index=2)
   # conv3 sees both towers.
   joined = _towers_to_channels(_join(xs, conv_tower_axis))
   xs = conv_shared_input('conv3', joined)
   xs = conv_tower('conv4', xs)
-  xs = norm_pool(conv_tower('conv5', xs), lrn=False)
+  xs = norm_pool(conv_tower('conv5', xs), lrn=False, index=5)
 
   # fc6 sees both towers' pool5 maps, flattened tower by tower.
   flat = _join([xi.reshape(xi.shape[0], -1) for xi in xs], conv_tower_axis)
@@ -328,7 +342,7 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
       masks = dropout_masks(dropout_key, example_ids, layer_index, fc_towers,
                             hs[0].shape[-1], spec.dropout_rate)
       hs = [h * masks[t].astype(compute_dtype) for t, h in enumerate(hs)]
-    return hs
+    return tap(name, hs)
 
   hs = dense_towers('fc6', flat, 6)
   hs = dense_towers('fc7', _towers_to_channels(_join(hs, fc_tower_axis)), 7)
@@ -339,4 +353,7 @@ def apply(params: Params, images: jax.Array, spec: AlexNetSpec, *,
   if fc_tower_axis is not None:
     logits = jax.lax.psum(logits, fc_tower_axis)
   logits = logits + params['fc8']['bias'].astype(out_dtype)
-  return (logits, jnp.concatenate(hs, axis=-1)) if with_fc7 else logits
+  tap('fc8', [logits])
+  extra = (jnp.concatenate(hs, axis=-1),) if with_fc7 else ()
+  extra += (taps,) if activations else ()
+  return (logits, *extra) if extra else logits
