@@ -154,8 +154,8 @@ def main(argv, make_hooks=None):
     _fail(str(e))
 
   # JAX and the package are imported after the distributed setup.
+  from alexnet_jax.errors import Stopped
   from alexnet_jax.errors import UserError
-  from alexnet_jax.train import interrupts
 
   step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
   try:
@@ -176,7 +176,7 @@ def main(argv, make_hooks=None):
       return
     from alexnet_jax.train import loop
     result = loop.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
-  except interrupts.Interrupted as e:
+  except Stopped as e:  # SIGTERM or SIGINT in training (a checkpoint) or a preparation
     _last_line(f'stopped: {e}', e.exit_code)
   except KeyboardInterrupt:  # SIGINT outside the training loop (set-up, evaluation)
     _fail('interrupted by SIGINT before any training step; no checkpoint was written.', 130)

@@ -173,7 +173,7 @@ def test_pixel_statistics_script_feeds_the_pipeline(tmp_path):
   does; its mean is the float64 mean of the prepared images, and data.statistics makes the
   pipeline subtract it (without the file, the pipeline computes the same at start-up)."""
   from alexnet_jax.data import input_pipeline
-  from alexnet_jax.data import stream
+  from alexnet_jax.data import reading
   from alexnet_jax.data import transforms
   from configs import image_folder
   helpers.make_small_folder(tmp_path / 'images', train=4, test=2)
@@ -188,7 +188,7 @@ def test_pixel_statistics_script_feeds_the_pipeline(tmp_path):
   config = image_folder.get_config()
   config.data.folder, config.data.data_dir = str(tmp_path / 'images'), str(tmp_path / 'tfds')
   config.batch_size = 8
-  source = sources.split_source(stream.training_builder(config), 'train')
+  source = sources.split_source(reading.training_builder(config), 'train')
   want = np.mean([transforms.decode(source[i]['image'], 36) for i in range(len(source))],
                  axis=0, dtype=np.float64)
   stats = np.load(out)
