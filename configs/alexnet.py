@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.statistics_examples = 10_000
   # Decoding: `threads` grain threads (Pillow decodes and resizes without the GIL) in this
   # process, or in each of `processes` grain worker processes; 0 and 0: in the prefetch thread.
-  # -1: from the usable cores (alexnet_jax/data/reading.py: threads alone up to 4 cores, then
+  # -1: from the usable cores (alexnet_jax/data/reading.py: threads alone below 8 cores, then
   # cores // 4 processes of 4 threads). Evaluation cuts its views on as many threads.
   config.data.threads = -1
   config.data.processes = -1

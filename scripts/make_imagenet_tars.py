@@ -116,9 +116,9 @@ def main(argv=None) -> None:
                  '--val_images 1 to 50000.')
   start = time.perf_counter()
   made = make_tars(args.out, args.train_images, args.val_images, args.classes, args.seed)
+  each = made['train_bytes'] / made['train_images'] / 1e3
   print(f'{made["train_images"]:,} training images in {made["classes"]} classes '
-        f'({made["train_bytes"] / 1e9:.2f} GB, {made["train_bytes"] / made["train_images"] / 1e3:.0f} '
-        f'kB an image) and {made["val_images"]:,} validation images '
+        f'({made["train_bytes"] / 1e9:.2f} GB, {each:.0f} kB an image) and {made["val_images"]:,} validation images '
         f'({made["val_bytes"] / 1e9:.3f} GB) in {args.out} ({time.perf_counter() - start:.0f} s)')
 
 

@@ -69,15 +69,18 @@ def filled(where: str, what: str, e: BaseException, still_needed: int | None,
   `still_needed` (the rest, where the preparation `resumes`; else all of it, since its
   partial files are removed)."""
   if still_needed is None:
-    needs = 'it needs more room there'
+    needs = 'more room is needed there'
   elif resumes:
     needs = f'about {human(still_needed)} more are needed there'
   else:
     needs = f'it needs about {human(still_needed)} there in all'
-  then = ('rerun the same command to continue from what is stored' if resumes else
-          'its partial files are removed; rerun the same command to prepare it again')
-  return DiskFullError(f'The disk of {where} filled up while storing {what} ({reason(e)}): '
-                       f'{needs}; free that much, then {then}.')
+  if resumes:
+    return DiskFullError(f'The disk of {where} filled up while storing {what} ({reason(e)}): '
+                         f'{needs}; free that much, then rerun the same command to continue '
+                         'from what is stored.')
+  return DiskFullError(f'The disk of {where} filled up while storing {what} ({reason(e)}) '
+                       f'and its partial files are removed: {needs}; free that much, then '
+                       'rerun the same command to prepare it again.')
 
 
 def with_spill(dataset_bytes: int) -> int:

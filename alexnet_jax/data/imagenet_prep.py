@@ -149,12 +149,14 @@ def _pool(n: int, settings: shard_writer.Settings, setup):
       n, mp_context=multiprocessing.get_context('spawn'),
       initializer=shard_writer.start_worker, initargs=(settings, setup))
   pool.workers = n
+  wait = True
   try:
     yield pool
   except KeyboardInterrupt:
-    pool.shutdown(wait=False, cancel_futures=True)
+    wait = False
     raise
-  pool.shutdown(wait=True, cancel_futures=True)
+  finally:
+    pool.shutdown(wait=wait, cancel_futures=True)
 
 
 def _build(builder, tars, settings, what, processes, max_bad_records,
@@ -179,7 +181,12 @@ def _build(builder, tars, settings, what, processes, max_bad_records,
       left = lambda: [t for ts in tasks.values() for t in ts if not manifest.done(t)]
       per_image = manifest.per_image() or _sampled_per_image(splits['train'], settings)
       needed = lambda: int(per_image * DISK_MARGIN * sum(len(t.members) for t in left()))
-      disk.check_room(work, needed(), what)
+      try:
+        disk.check_room(work, needed(), what)
+      except disk.DiskFullError:
+        if not manifest.shards:  # nothing to resume from: leave nothing behind
+          shutil.rmtree(work)
+        raise
       for split in SPLITS:
         _run(split, tasks[split], pool, manifest, progress, stop, max_bad_records, needed,
              what, work)

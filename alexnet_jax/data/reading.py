@@ -6,8 +6,8 @@ Defaults that follow the machine (data.threads=-1, data.processes=-1, data.decod
 
 * the cores are those this process may run on (`os.sched_getaffinity`: a SLURM or cgroup
   allotment, not the host's count);
-* up to `THREADS_PER_PROCESS` cores: that many decode threads in this process, no worker
-  processes (on a 2-core machine two threads decode 1.84x one thread, and two processes
+* fewer than 2 x `THREADS_PER_PROCESS` cores: that many decode threads in this process, no
+  worker processes (on a 2-core machine two threads decode 1.84x one thread, and two processes
   less: a worker's batches cross to this process in shared memory, which costs more than
   the GIL does there);
 * more cores: `cores // THREADS_PER_PROCESS` grain worker processes of
@@ -56,8 +56,9 @@ def loader_workers(cores: int, threads: int = AUTO, processes: int = AUTO,
                    device: bool = False) -> tuple[int, int]:
   """(threads, processes) for data.threads and data.processes (-1: from `cores`; module
   docstring). With the device decode, no worker process: the host only reads bytes."""
-  if processes == AUTO:
-    processes = 0 if device or cores <= THREADS_PER_PROCESS else cores // THREADS_PER_PROCESS
+  if processes == AUTO:  # one worker process would only add the transfer to one GIL
+    processes = 0 if device or cores < 2 * THREADS_PER_PROCESS else (
+        cores // THREADS_PER_PROCESS)
   if threads == AUTO:
     threads = max(1, cores // processes) if processes else max(1, cores)
   return threads, processes

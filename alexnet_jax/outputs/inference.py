@@ -92,8 +92,8 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
             top: int = 5) -> list[dict]:
   """Classifies image files with a checkpoint: for each, the `top` class names and
   probabilities. Each image gets the eval split's centre view (the image prepared as the
-  stored ones, `data.prepared_geometry`, then the central crop), normalised exactly as in training, with the mean the
-  checkpoint carries."""
+  stored ones, `data.prepared_geometry`, then the central crop), normalised exactly as in
+  training, with the mean the checkpoint carries."""
   if not paths:
     raise ConfigError('--images names no image files.')
   pil_images = [load_image(p) for p in paths]
