@@ -235,6 +235,19 @@ def test_the_readme_command_stops_on_sigterm_in_one_line_and_the_rerun_trains(ta
       p for p in tree(tmp_path / 'tfds') if '/1.1.0/' in p]  # only the store
 
 
+def test_a_damaged_tar_is_one_sentence(tars, tmp_path):
+  from alexnet_jax.errors import BadDataError
+  (tmp_path / 'tars').mkdir()
+  train = (tars / 'ILSVRC2012_img_train.tar').read_bytes()
+  (tmp_path / 'tars' / 'ILSVRC2012_img_train.tar').write_bytes(train[:len(train) // 3])
+  (tmp_path / 'tars' / 'ILSVRC2012_img_val.tar').write_bytes(
+      (tars / 'ILSVRC2012_img_val.tar').read_bytes())
+  with pytest.raises(BadDataError) as e:
+    prepare(tmp_path / 'tars', tmp_path / 'tfds')
+  assert 'ILSVRC2012_img_train.tar' in str(e.value) and '\n' not in str(e.value)
+  assert str(e.value).endswith('download or copy it again.')
+
+
 def test_a_progress_line_by_hand(caplog):
   from alexnet_jax.data import progress
   now = [100.0]

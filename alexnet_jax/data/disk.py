@@ -86,6 +86,6 @@ def filled(where: str, what: str, e: BaseException, still_needed: int | None,
 def with_spill(dataset_bytes: int) -> int:
   """What a tfds preparation of a split of `dataset_bytes` needs at its peak: past tfds's
   shuffle buffer (1 GB) the examples are spilled to sorted runs on the same disk before
-  the shards are written, so twice the data for a moment (`spill`)."""
+  the shards are written, so twice the data for a moment (`tfds_writing`)."""
   from tensorflow_datasets.core import shuffle
   return dataset_bytes * (2 if dataset_bytes > shuffle.MAX_MEM_BUFFER_SIZE else 1)

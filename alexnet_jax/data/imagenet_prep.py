@@ -63,7 +63,8 @@ class WorkerLostError(UserError):
 
 def usable_cores() -> int:
   """The cores this process may run on (its CPU affinity: a SLURM or cgroup allotment)."""
-  return len(os.sched_getaffinity(0))
+  affinity = getattr(os, 'sched_getaffinity', None)  # Linux; elsewhere every core
+  return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def find_tars(manual_dir: str | None) -> dict[str, str] | None:
@@ -178,6 +179,7 @@ def _build(builder, tars, settings, what, processes, max_bad_records,
     with stopping.Requests() as stop, _pool(processes, settings, worker_setup) as pool:
       splits = _index(tars, work, pool, progress, fingerprint['tars'])
       tasks = _tasks(builder, splits, work, shard_images)
+      _remove_strays(work, tasks, manifest)
       left = lambda: [t for ts in tasks.values() for t in ts if not manifest.done(t)]
       per_image = manifest.per_image() or _sampled_per_image(splits['train'], settings)
       needed = lambda: int(per_image * DISK_MARGIN * sum(len(t.members) for t in left()))
@@ -231,6 +233,19 @@ def _tasks(builder, splits, work, shard_images) -> dict[str, list]:
   return tasks
 
 
+def _remove_strays(work: str, tasks: dict, manifest: Manifest) -> None:
+  """Shards and sums in `work` that the manifest does not list (a run killed between a
+  shard's rename and the manifest's update, or begun with other tars or settings)."""
+  keep = {p for ts in tasks.values() for t in ts if manifest.done(t)
+          for p in (t.path, t.statistics) if p}
+  for folder in (work, os.path.join(work, 'statistics')):
+    for name in os.listdir(folder):
+      path = os.path.join(folder, name)
+      stray = '.array_record-' in name or (name.endswith('.npz') and folder != work)
+      if stray and path not in keep:
+        os.remove(path)
+
+
 def _sampled_per_image(split, settings: shard_writer.Settings, n: int = 24) -> float:
   """Bytes a stored record, from `n` training images spread over the split (raw: known)."""
   features = shard_writer.features(settings)  # its records' size is the same in any order
@@ -264,6 +279,7 @@ def _run(split, tasks, pool, manifest, progress, stop, max_bad, needed, what, wo
       break
     finished, _ = concurrent.futures.wait(inflight, timeout=1.0,
                                           return_when=concurrent.futures.FIRST_COMPLETED)
+    progress.advance(0)  # a line on time even while no shard finishes
     for future in finished:
       task = inflight.pop(future)
       result = future.result()  # a bug in a worker raises here, with its traceback

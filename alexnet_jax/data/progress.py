@@ -52,9 +52,10 @@ class Progress:
     logging.info('%s, %s: %s %s to do%s.', self.what, name, f'{total - done:,}', unit, resumed)
 
   def advance(self, n: int = 1) -> None:
+    """`n` more done (0: a line if one is due, though nothing finished meanwhile)."""
     self.done += n
     now = self.clock()
-    if now - self._last >= self.interval:
+    if now - self._last >= self.interval and (n or self.interval):
       self._last = now
       logging.info('%s', self.line(now))
 

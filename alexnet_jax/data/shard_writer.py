@@ -165,8 +165,9 @@ def write(task: Task) -> Result:
   """Writes `task`'s shard (module docstring); a full disk is reported, not raised."""
   settings, serialize = _STATE['settings'], _STATE['features'].serialize_example
   f = _tar(task.tar)
-  for _, offset, size, _ in task.members:  # the kernel reads ahead in the disk's order
-    os.posix_fadvise(f.fileno(), offset, size, os.POSIX_FADV_WILLNEED)
+  if hasattr(os, 'posix_fadvise'):  # the kernel reads them ahead, in the disk's order
+    for _, offset, size, _ in task.members:
+      os.posix_fadvise(f.fileno(), offset, size, os.POSIX_FADV_WILLNEED)
   sums = PixelSums(settings.size, settings.channels) if task.statistics else None
   partial = f'{task.path}{PARTIAL}-{os.getpid()}'
   records = total = 0

@@ -120,16 +120,16 @@ def ready(make, what: str, allow_no_locks: bool = False, build=None, **prepare_k
       logging.warning('The prepared %s in %s is damaged (%s): moved it to %s and preparing it '
                       'again from its source files.', what, builder.data_dir, why, aside)
       builder = make()
-    if build is not None:
-      build(builder)
-    else:
+    if build is None:
       _build(builder, what, **prepare_kwargs)
-  return make()
+      return builder
+    build(builder)
+  return make()  # read from what `build` wrote
 
 
 def _build(builder, what: str, estimate: int | None = None, **kwargs) -> None:
   """tfds's download_and_prepare, saying what is stored where, past tfds's shuffle buffer
-  without TensorFlow (`spill`), with the disk's room checked against `estimate` (bytes of
+  without TensorFlow (`tfds_writing`), with the disk's room checked against `estimate` (bytes of
   the dataset) first, a full disk or a SIGTERM / SIGINT midway told in one line (tfds
   removes its partial directory on the way out), the same bytes every time
   (`tfds_writing`). tfds prints "Downloading and preparing

@@ -67,17 +67,24 @@ class _Window(io.RawIOBase):
 
 def members(path: str, start: int = 0, size: int | None = None) -> list[Member]:
   """The regular files of the tar at `path` (or of the tar stored in its bytes [start,
-  start + size)), in tar order, with offsets in `path`. Raises tarfile.TarError on a file
-  that is not a tar, OSError where it cannot be read."""
+  start + size)), in tar order, with offsets in `path`. BadDataError for a file that is not
+  a tar; OSError where it cannot be read."""
   with open(path, 'rb') as f:
     size = os.fstat(f.fileno()).st_size - start if size is None else size
-    with tarfile.open(fileobj=_Window(f, start, size), mode='r:') as tar:
-      out = []
-      for info in tar:
-        name = tfds_name(info.name) if info.isreg() else None
-        if name is not None:
-          out.append(Member(name, start + info.offset_data, info.size))
-      return out
+    try:
+      with tarfile.open(fileobj=_Window(f, start, size), mode='r:') as tar:
+        out = []
+        for info in tar:
+          name = tfds_name(info.name) if info.isreg() else None
+          if name is not None:
+            out.append(Member(name, start + info.offset_data, info.size))
+        if tar.offset + tarfile.BLOCKSIZE > size:  # no end-of-archive block: tarfile stops
+          raise tarfile.ReadError('it ends without its end-of-archive block')  # silently
+        return out
+    except tarfile.TarError as e:
+      inner = f' (the tar stored at byte {start:,} of it)' if start else ''
+      raise BadDataError(f'{path}{inner} cannot be read as a tar ({e}): it is damaged or cut '
+                         'short; download or copy it again.') from None
 
 
 def class_tars(path: str) -> list[Member]:
