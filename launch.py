@@ -9,8 +9,8 @@ Exit codes: 0 done; 1 a problem with the flags, config, data, workdir or cluster
 one line 'error: <sentence>' (the workdir is left as it was); 69 a run of several processes
 lost one of them (killed, frozen, its host gone: one line names it and the last complete
 checkpoint; rerun every process to continue); 75 stopped by SIGTERM or SIGINT after writing a
-checkpoint of the current step (rerun the same command to continue); 130 a second SIGINT (at
-once, without a checkpoint).
+checkpoint of the current step, or while a dataset was prepared, after the shards in flight
+(rerun the same command to continue); 130 a second SIGINT (at once, without a checkpoint).
 """
 
 import ast

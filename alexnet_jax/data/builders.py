@@ -83,13 +83,13 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     d = pathlib.Path(dl_manager.manual_dir)
-    return {split: self._generate_examples(d / images, d / labels)
+    return {split: self._generate_examples(d / images, d / labels, split)
             for split, (images, labels) in FASHION_MNIST_FILES.items()}
 
-  def _generate_examples(self, images_path, labels_path):
+  def _generate_examples(self, images_path, labels_path, split):
     images, labels = read_idx(images_path), read_idx(labels_path)
     for i, (image, label) in progress.counted(enumerate(zip(images, labels)), 'Fashion-MNIST',
-                                              images_path.name, len(labels)):
+                                              split, len(labels)):
       # PIL images are PNG-encoded by tfds without TensorFlow.
       yield i, {'image': Image.fromarray(image, mode='L'), 'label': int(label)}
 
