@@ -89,6 +89,7 @@ def test_keep_originals_also_keeps_tfds_s_full_size_copy_and_the_tars_may_go(
     tars, reference, tmp_path):
   store = prepare(tars, tmp_path, keep_originals=True)
   assert (tmp_path / 'imagenet2012' / '5.1.0' / 'dataset_info.json').is_file()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['imagenet2012', 'prepared_images']
   assert records(store) == reference
   # Once stored, the store is read without the tars (which may be deleted).
   again = imagenet_prep.store(str(tmp_path), None, SETTINGS)

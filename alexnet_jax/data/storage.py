@@ -137,6 +137,8 @@ def _build(builder, what: str, estimate: int | None = None, **kwargs) -> None:
   that print is swallowed. Its progress bars are off (`progress` logs lines instead: in a log
   file the bars are lines of escape codes, and tfds's total is unknown)."""
   import io
+  import shutil
+  import tempfile
 
   import tensorflow_datasets as tfds
 
@@ -151,13 +153,19 @@ def _build(builder, what: str, estimate: int | None = None, **kwargs) -> None:
   logging.info('Storing %s as a tfds dataset in %s (once; later runs read it from there).',
                what, builder.data_dir)
   tfds.display_progress_bar(False)
+  # tfds's download manager makes <data_dir>/downloads/extracted even when nothing is
+  # downloaded: here it goes into a directory removed afterwards.
+  os.makedirs(where, exist_ok=True)
+  downloads = tempfile.mkdtemp(prefix='tfds_downloads_', dir=where)
   try:
     with stopping.raising(what), contextlib.redirect_stdout(io.StringIO()):
-      builder.download_and_prepare(**kwargs)
+      builder.download_and_prepare(download_dir=downloads, **kwargs)
   except (OSError, RuntimeError) as e:
     if not disk.is_full(e):
       raise
     raise disk.filled(where, what, e, needed, resumes=False) from None
+  finally:
+    shutil.rmtree(downloads, ignore_errors=True)
   logging.info('Stored %s: %s.', what, builder.info.dataset_size)
 
 
