@@ -6,16 +6,16 @@ Defaults that follow the machine (data.threads=-1, data.processes=-1, data.decod
 
 * the cores are those this process may run on (`os.sched_getaffinity`: a SLURM or cgroup
   allotment, not the host's count);
-* fewer than 2 x `THREADS_PER_PROCESS` cores: that many decode threads in this process, no
-  worker processes (on a 2-core machine two threads decode 1.84x one thread, and two processes
-  less: a worker's batches cross to this process in shared memory, which costs more than
-  the GIL does there);
+* fewer than 2 x `THREADS_PER_PROCESS` cores: one decode thread a core in this process, no
+  worker processes (measured on 2 quiet cores, `benchmarks.input_pipeline`, q95 turbo: two
+  threads decode 1.92x one thread, two worker processes 1.65x: a worker's batches cross to
+  this process in shared memory, which costs more than the GIL does there);
 * more cores: `cores // THREADS_PER_PROCESS` grain worker processes of
   `THREADS_PER_PROCESS` threads each. One process's threads stop scaling where the GIL's
-  share of an image (about 9%, from the 1.84x of two threads) caps them: Amdahl's law gives
-  1 process x 16 threads 6.9x one thread, 4 processes x 4 threads 12.7x less the transfer
-  (a projection, to be measured with `benchmarks.input_pipeline --workers=t16,p4x4,...`
-  on such a host);
+  share of an image (about 4%, from the 1.92x of two threads) caps them: Amdahl's law gives
+  1 process x 16 threads 9.8x one thread, 4 processes x 4 threads 14.2x less the transfer
+  (0.86, from 1.65 / 1.92) = 12.2x: a projection, to be measured on such a host with
+  `benchmarks.input_pipeline --workers=t16,p2x8,p4x4,p8x2,p16`;
 * the device decode (nvImageCodec) where the devices are GPUs and it is installed, for JPEG
   images stored once (the device path then needs no worker process); else the host.
 """
