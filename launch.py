@@ -11,8 +11,8 @@ Exit codes: 0 done; 1 a problem with the flags, config, data, workdir or cluster
 one line 'error: <sentence>' (the workdir is left as it was); 69 a run of several processes
 lost one of them (killed, frozen, its host gone: one line names it and the last complete
 checkpoint; rerun every process to continue); 75 stopped by SIGTERM or SIGINT after writing a
-checkpoint of the current step (rerun the same command to continue); 130 a second SIGINT (at
-once, without a checkpoint).
+checkpoint of the current step, or while a dataset was prepared, after the shards in flight
+(rerun the same command to continue); 130 a second SIGINT (at once, without a checkpoint).
 """
 
 import ast
@@ -162,8 +162,8 @@ def main(argv, make_hooks=None):
     _fail(str(e))
 
   # JAX and the package are imported after the distributed setup.
+  from alexnet_jax.errors import Stopped
   from alexnet_jax.errors import UserError
-  from alexnet_jax.train import interrupts
 
   step = None if FLAGS.checkpoint_step < 0 else FLAGS.checkpoint_step
   try:
@@ -190,7 +190,7 @@ def main(argv, make_hooks=None):
       return
     from alexnet_jax.train import loop
     result = loop.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
-  except interrupts.Interrupted as e:
+  except Stopped as e:  # SIGTERM or SIGINT in training (a checkpoint) or a preparation
     _last_line(f'stopped: {e}', e.exit_code)
   except KeyboardInterrupt:  # SIGINT outside the training loop (set-up, evaluation)
     _fail('interrupted by SIGINT before any training step; no checkpoint was written.', 130)

@@ -17,6 +17,13 @@ class BadDataError(UserError):
   """Records fail to decode: more than data.max_bad_records, or any in the eval split."""
 
 
+class Stopped(UserError):
+  """Stopped by SIGTERM or SIGINT with the work done so far kept; rerunning the same command
+  continues. launch.py prints 'stopped: <sentence>' and exits with `exit_code`."""
+
+  exit_code = 75  # EX_TEMPFAIL
+
+
 class OutputError(UserError):
   """Writing the run's output failed (a full disk, a lost mount, a permission)."""
 

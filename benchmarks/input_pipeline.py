@@ -4,6 +4,7 @@ Run from the repository root (a quiet machine: it prints the load and the matmul
 
     python -m benchmarks.input_pipeline                       # every storage; t1,t2,p1,p2
     python -m benchmarks.input_pipeline --workers=t1,t16,p16 --storages=q95-turbo,raw
+    python -m benchmarks.input_pipeline --workers=t1,t16,p2x8,p4x4,p8x2,p16  # data.processes
 
 The images: `--num_images` ImageNet-sized JPEGs (about 480x365, quality 90) cut from a real
 photograph that a dependency ships (matplotlib's sample `grace_hopper.jpg`, 512x600), then
@@ -12,9 +13,11 @@ JPEG 4:4:4 at quality 95 or 90 (`data.storage_quality`), or raw uint8 (`data.sto
 Each row is `stream.StreamLoader.host_batches` in steady state (decode, the random 224 crop,
 the reflection and PCA draws: uint8 batches of `--batch` with each view's window and shift)
 with `data.decoder` pillow or turbo (libjpeg-turbo through simplejpeg), `tN` N decode threads
-in this process or `pN` N grain worker processes: the median and spread ((max - min) /
-median) of `--repeats` runs of `--steps` batches after warm-up, per core, against one thread,
-and per core times `--project` cores (a projection that assumes the per-core rate holds).
+in this process, `pN` N grain worker processes, or `pNxT` N worker processes of T threads
+(the rule of `data.threads=-1`, `data.processes=-1`: alexnet_jax/data/reading.py): the
+median and spread ((max - min) / median) of `--repeats` runs of `--steps` batches after
+warm-up, per core, against one thread, and per core times `--project` cores (a projection
+that assumes the per-core rate holds).
 The last line is the device half (reflection, mean image, PCA shift; jitted) on this
 machine's default device, for the record: on a GPU it is part of the train step.
 """
@@ -147,7 +150,8 @@ def main():
   parser.add_argument('--num_images', type=int, default=1024)
   parser.add_argument('--storages', default=','.join(STORAGES), help=f'of {list(STORAGES)}')
   parser.add_argument('--workers', default='t1,t2,p1,p2',
-                      help='tN: N decode threads in process, pN: N worker processes')
+                      help='tN: N decode threads in process, pN: N worker processes, '
+                      'pNxT: N worker processes of T threads each')
   parser.add_argument('--batch', type=int, default=64)
   parser.add_argument('--repeats', type=int, default=5, help='runs of each row: the median')
   parser.add_argument('--steps', type=int, default=32, help='timed batches a run')
@@ -178,14 +182,16 @@ def main():
     quality, decoder = STORAGES[name]
     one = None
     for worker in args.workers.split(','):
-      n = int(worker[1:])
-      threads, processes = (n, 0) if worker[0] == 't' else (1, n)
+      n, _, per = worker[1:].partition('x')
+      n, per = int(n), int(per or 1)
+      threads, processes = (n, 0) if worker[0] == 't' else (per, n)
       rates = [full_pipeline(stored[quality], threads, processes, args.batch, args.steps,
                              decoder) for _ in range(args.repeats)]
       median, spread = median_spread(rates)
-      cores = min(n, cpus)
+      cores = min(n * per, cpus)
       one = median if worker == 't1' else one
       kind = {'t': ('thread', 'threads'), 'p': ('process', 'processes')}[worker[0]][n != 1]
+      kind += f' x {per} threads' if per > 1 else ''
       print(f'| {name} | {n} {kind} | {median:,.0f} | {spread:.0%} | '
             f'{median / cores:,.0f} | {"-" if one is None else format(median / one, ".2f")} | '
             f'{median / cores * args.project:,.0f} |', flush=True)

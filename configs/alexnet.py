@@ -33,6 +33,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Each step of the paper's pipeline can be switched off (0 / False / 'none').
   config.data.prepared_size = 256  # shorter side to 256, central 256x256 (section 2); 0: off
   config.data.prepare_once = True  # store the prepared images once in data_dir, as the paper
+  # centre_crop: the paper's shorter side to prepared_size and central square; warp: Caffe's
+  # whole image resized to prepared_size x prepared_size (configs/bvlc_alexnet.py).
+  config.data.prepared_geometry = 'centre_crop'
+  # ImageNet's tars are stored at prepared_size in one pass by this many processes (-1: the
+  # usable cores; docs/data.md); True also keeps tfds's full-size imagenet2012 (146 GB).
+  config.data.prepare_processes = -1
+  config.data.keep_originals = False
   # How they are stored (alexnet_jax/data/decoders.py): jpeg at storage_quality, or raw uint8
   # arrays read without decoding (196 KiB an image at 256: disk or page cache must serve
   # about 1.9 GiB/s per 10,000 img/s).
@@ -43,8 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.decoder = 'turbo'
   # host: the loader decodes and crops; device: the devices decode the stored JPEGs of each
   # batch and the step cuts the views (alexnet_jax/data/device_decode.py), with
-  # data.decoder=nvimgcodec on a GPU (pillow and turbo: host stand-ins, for tests).
-  config.data.decode_on = 'host'
+  # data.decoder=nvimgcodec on a GPU (pillow and turbo: host stand-ins, for tests); auto:
+  # device with nvImageCodec where the devices are GPUs and it is installed, else host.
+  config.data.decode_on = 'auto'
   config.data.crop_size = 224  # random crops to train, the centre / 10 crops to test; 0: off
   config.data.flip = True  # random horizontal reflections (section 4.1)
   config.data.pca_sigma = 0.1  # PCA colour augmentation (section 4.1); 0: off
@@ -63,8 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.statistics_examples = 10_000
   # Decoding: `threads` grain threads (Pillow decodes and resizes without the GIL) in this
   # process, or in each of `processes` grain worker processes; 0 and 0: in the prefetch thread.
-  config.data.threads = 4
-  config.data.processes = 0
+  # -1: from the usable cores (alexnet_jax/data/reading.py: threads alone below 8 cores, then
+  # cores // 4 processes of 4 threads). Evaluation cuts its views on as many threads.
+  config.data.threads = -1
+  config.data.processes = -1
   config.data.max_bad_records = 100  # undecodable training records to skip before stopping; -1: any
   config.data.crop_pad = 0  # memory: random crops of the image zero-padded by this many pixels
   config.data.synthetic_train_examples = 1024  # dataset='synthetic' only

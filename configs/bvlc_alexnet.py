@@ -16,9 +16,11 @@ What differs from the paper's config (configs/alexnet.py), as Caffe's deploy.pro
   --config.data.mean=pixel), else Caffe's per-channel values (below);
 * BGR input: the importer reverses conv1's input channels, so the RGB pipeline computes
   Caffe's sums; inputs on the 0-255 scale (data.std=none, the paper's).
+* the images warped to 256x256 as Caffe's convert_imageset stored them (the whole image,
+  aspect ratio not kept; data.prepared_geometry=warp, alexnet_jax/data/geometry.py), in a
+  store of their own beside the paper's centre crops.
 The zoo's published figures (ILSVRC-2012 validation, centre crop, not measured here):
-57.1% top-1, 80.2% top-5. Caffe warped every image to 256x256; this pipeline keeps the
-aspect ratio (shorter side 256, central 256x256), which may move them a little.
+57.1% top-1, 80.2% top-5.
 """
 
 from configs import alexnet
@@ -33,6 +35,7 @@ def get_config():
   config.data.crop_size = 227
   config.data.mean = 'given'
   config.data.mean_values = CAFFE_MEAN_RGB
+  config.data.prepared_geometry = 'warp'
   config.model.conv1_padding = '0'
   config.model.lrn_k = 1.0
   config.model.lrn_across_towers = True

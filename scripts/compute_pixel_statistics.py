@@ -5,7 +5,7 @@ paper's mean subtraction and PCA colour augmentation, written to an .npz file th
     python -m scripts.compute_pixel_statistics --config=configs/alexnet.py \
         --config.data.manual_dir=/data/imagenet --out=imagenet_stats.npz [--limit=50000]
 
-It reads the config's training split exactly as training does (`stream.
+It reads the config's training split exactly as training does (`reading.
 training_builder`: the same tfds dataset, prepared at data.prepared_size), without
 TensorFlow. Keys: mean (prepared_size x prepared_size x channels, 0-255), and for RGB
 eigval, eigvec (0-1 scale, eigenvectors in columns, as the reference card's constants),
@@ -20,6 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from alexnet_jax.data import reading
 from alexnet_jax.data import sources
 from alexnet_jax.data import stream
 from alexnet_jax.errors import UserError
@@ -37,10 +38,10 @@ def main(argv):
     if config.data.pipeline != 'stream' or not config.data.prepared_size:
       raise UserError('The statistics are for data.pipeline=stream with data.prepared_size '
                       '> 0 (images of one size).')
-    source = sources.split_source(stream.training_builder(config), config.data.train_split)
+    source = sources.split_source(reading.training_builder(config), config.data.train_split)
     stats = stream.pixel_statistics(source, config.data.prepared_size,
                                        flags.FLAGS.limit or None, config.seed,
-                                       config.data.channels, stream.decoder_of(config.data))
+                                       config.data.channels, reading.decoder_of(config.data))
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -12,6 +12,8 @@
   term_after_save=N       SIGTERM right after the asynchronous save of step N has started
   int_after_save=N        SIGINT likewise
   fill_disk_after_step=N  fill the workdir's file system after step N, leaving 32 KiB
+  term_at_shard=N         SIGTERM to this process once the ImageNet preparation (in shards of
+                          2 images) has written training shard N (tests/prep_faults.py)
   restore_eio=1           orbax's restore of a checkpoint's state raises OSError(EIO), as on a
                           lost NFS mount
   restore_memory_error=1  it raises MemoryError
@@ -89,6 +91,14 @@ def make_hooks():
     failing_restores(OSError(errno.EIO, os.strerror(errno.EIO)))
   if at.get('restore_memory_error'):
     failing_restores(MemoryError())
+  if 'term_at_shard' in at:
+    import functools
+
+    from alexnet_jax.data import imagenet_prep
+    from tests import prep_faults
+    imagenet_prep.store = functools.partial(
+        imagenet_prep.store, shard_images=2,
+        worker_setup=prep_faults.SignalAfterShard(at['term_at_shard']))
 
   def fault(name, step):
     return active and at.get(name) == step

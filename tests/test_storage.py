@@ -71,7 +71,8 @@ class _SlowBuilder:
   def is_prepared(self):
     return os.path.isdir(self.data_dir)
 
-  def download_and_prepare(self):
+  def download_and_prepare(self, download_dir=None):
+    del download_dir  # as tfds's: where downloads would go
     time.sleep(0.5)
     tmp = self.data_dir + '.incomplete'
     os.makedirs(tmp)

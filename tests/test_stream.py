@@ -253,3 +253,32 @@ def test_eval_batches_cover_the_split_once_with_padding(source):
   broken = list(source[:3]) + [{'image': b'junk', 'label': 0, 'file_name': b'c/junk.jpg'}]
   with pytest.raises(BadDataError, match=r'Evaluation record 3 \(c/junk.jpg\)'):
     eval_batches(broken, 4, layout)
+
+
+@pytest.mark.parametrize('ten_crop', [False, True])
+def test_evaluation_read_in_parallel_with_prefetch_gives_the_serial_batches(source, ten_crop):
+  """Evaluation's views cut by 3 threads and read 2 batches ahead (what the stream pipeline
+  does) are the serial reader's batches, in order, each view the prepared image's own crop
+  (computed here record by record)."""
+  layout = single_device_layout()
+  records = source[:11]
+  info = batching.DataInfo(num_classes=5, image_size=24, channels=3, num_train=0,
+                           num_eval=len(records), class_names=tuple('abcde'))
+  mean = np.zeros((3,), np.float32)
+  parallel = batching.Data(info=info, mean=mean,
+                           loader=None, eval_read=stream.eval_reader(records, AUGMENT, 3),
+                           eval_prefetch=2)
+  got = list(parallel.eval_batches(4, layout.batch_sharding(), layout.label_sharding(),
+                                   ten_crop))
+  serial = eval_batches(records, 4, layout, ten_crop)
+  assert len(got) == len(serial) == 3
+  for (x, y, w), (xs, ys, ws) in zip(got, serial):
+    for key in ('pixels', 'window'):
+      np.testing.assert_array_equal(np.asarray(x[key]), np.asarray(xs[key]))
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(ys))
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(ws))
+  pixels_ = np.concatenate([np.asarray(x['pixels']) for x, _, _ in got])
+  for i, record in enumerate(records):
+    prepared = transforms.decode(record['image'], 32)
+    want = transforms.ten_crop_unreflected(prepared, 24) if ten_crop else prepared[4:28, 4:28]
+    np.testing.assert_array_equal(pixels_[i], want)

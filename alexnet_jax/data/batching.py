@@ -51,12 +51,15 @@ class Data:
   # indices -> (pixel_batch, labels) of training examples, seen as eval examples are (their
   # centre views, no augmentation): the training images Figure 4 shows.
   train_read: Callable[[np.ndarray], tuple[dict, np.ndarray]] | None = None
+  # Eval batches read and placed this many ahead of the eval step, in a background thread.
+  eval_prefetch: int = 0
 
   def eval_batches(self, global_batch: int, image_sharding, label_sharding,
                    ten_crop: bool = False):
     """`eval_batches` of the eval split: centre views, or the paper's 10 crops."""
     read = lambda indices: self.eval_read(indices, ten_crop)
-    return eval_batches(self.info.num_eval, read, global_batch, image_sharding, label_sharding)
+    return prefetch(eval_batches(self.info.num_eval, read, global_batch, image_sharding,
+                                 label_sharding), self.eval_prefetch)
 
 
 def process_rows(sharding, global_batch: int) -> slice:

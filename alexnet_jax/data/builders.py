@@ -30,6 +30,9 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_builder as official
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
+from alexnet_jax.data import geometry
+from alexnet_jax.data import progress
+from alexnet_jax.data import shard_writer
 from alexnet_jax.data import storage
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import BadDataError
@@ -41,6 +44,9 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal',
                          'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+# ILSVRC-2012 as distributed (reference card): the tars' sizes and their images.
+IMAGENET_TAR_BYTES = dict(zip(IMAGENET_TARS, (147_897_477_120, 6_744_924_160)))
+IMAGENET_IMAGES = {'train': 1_281_167, 'validation': 50_000}
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.ppm', '.webp', '.tif', '.tiff')
 
 
@@ -77,12 +83,13 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     d = pathlib.Path(dl_manager.manual_dir)
-    return {split: self._generate_examples(d / images, d / labels)
+    return {split: self._generate_examples(d / images, d / labels, split)
             for split, (images, labels) in FASHION_MNIST_FILES.items()}
 
-  def _generate_examples(self, images_path, labels_path):
+  def _generate_examples(self, images_path, labels_path, split):
     images, labels = read_idx(images_path), read_idx(labels_path)
-    for i, (image, label) in enumerate(zip(images, labels)):
+    for i, (image, label) in progress.counted(enumerate(zip(images, labels)), 'Fashion-MNIST',
+                                              split, len(labels)):
       # PIL images are PNG-encoded by tfds without TensorFlow.
       yield i, {'image': Image.fromarray(image, mode='L'), 'label': int(label)}
 
@@ -114,22 +121,40 @@ class Imagenet2012NoTF(official.Builder, skip_registration=True):
     labels = labels_path.read_text().strip().splitlines()
     with tarfile.open(val) as tar:  # labels are listed in the order of the sorted names
       val_labels = dict(zip(sorted(tar.getnames()), labels))
+    totals = imagenet_counts(train, val)
     return [
         tfds.core.SplitGenerator(name=tfds.Split.TRAIN,
-                                 gen_kwargs={'archive': _iter_tar(train)}),
+                                 gen_kwargs={'archive': _iter_tar(train),
+                                             'total': totals['train']}),
         tfds.core.SplitGenerator(name=tfds.Split.VALIDATION,
                                  gen_kwargs={'archive': _iter_tar(val),
-                                             'validation_labels': val_labels}),
+                                             'validation_labels': val_labels,
+                                             'total': totals['validation']}),
     ]
 
   def _fix_image(self, image_fname, image):
     """The official fix (CMYK and PNG files to RGB JPEG, quality 100) with Pillow."""
     if image_fname not in official.CMYK_IMAGES and image_fname not in official.PNG_IMAGES:
       return image
-    out = io.BytesIO()
-    Image.open(image).convert('RGB').save(out, 'JPEG', quality=100)
-    out.seek(0)
-    return out
+    return io.BytesIO(shard_writer.official_fix(image_fname, image.read()))
+
+  def _generate_examples(self, archive, validation_labels=None, total=0):
+    """The official examples, with a progress line every few seconds."""
+    split = 'validation' if validation_labels else 'train'
+    yield from progress.counted(super()._generate_examples(archive, validation_labels),
+                                'imagenet2012 (full size)', split, total)
+
+
+def imagenet_counts(train_tar: str, val_tar: str) -> dict[str, int]:
+  """The images of each split: known for ILSVRC-2012 as distributed (its tars' sizes),
+  else counted from the tars' headers."""
+  from alexnet_jax.data import tar_index
+  if all(os.path.getsize(p) == IMAGENET_TAR_BYTES[os.path.basename(p)]
+         for p in (train_tar, val_tar)):
+    return dict(IMAGENET_IMAGES)
+  return {'train': sum(len(tar_index.members(train_tar, c.offset, c.size))
+                       for c in tar_index.class_tars(train_tar)),
+          'validation': len(tar_index.members(val_tar))}
 
 
 def folder_files(split_dir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
@@ -175,13 +200,15 @@ class ImageFolderNoTF(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {split: self._generate_examples(files) for split, files in self.splits.items()}
+    return {split: self._generate_examples(split, files)
+            for split, files in self.splits.items()}
 
-  def _generate_examples(self, files):
-    for label, paths in files.items():
-      for path in paths:
-        name = f'{label}/{path.name}'
-        yield name, {'image': path.read_bytes(), 'label': label, 'file_name': name}
+  def _generate_examples(self, split, files):
+    paths = [(label, path) for label, paths in files.items() for path in paths]
+    for label, path in progress.counted(paths, f'the image folder {self.root}', split,
+                                        len(paths)):
+      name = f'{label}/{path.name}'
+      yield name, {'image': path.read_bytes(), 'label': label, 'file_name': name}
 
 
 class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -196,31 +223,31 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version('1.1.0')
 
   def __init__(self, *, source, size: int, quality: int, max_bad_records: int = 100,
-               train_split: str = 'train', **kwargs):
+               train_split: str = 'train', geometry: str = 'centre_crop', **kwargs):
     self._source, self._size, self._quality = source, size, quality
-    self._raw = not quality
+    self._raw, self._geometry = not quality, geometry
     self._max_bad, self._bad, self._train_split = max_bad_records, 0, train_split
+    warp = '_warp' if geometry == 'warp' else ''  # centre_crop: the name stores had before
     config = tfds.core.BuilderConfig(
         name=f'{source.name}_{source.builder_config.name + "_" if source.builder_config else ""}'
-             f'{source.version}_{size}_{f"q{quality}" if quality else "raw"}'.replace('.', '_'))
+             f'{source.version}_{size}_{f"q{quality}" if quality else "raw"}{warp}'.replace(
+                 '.', '_'))
     super().__init__(config=config, **kwargs)
     self._original_state = dict(kwargs, source=source, size=size, quality=quality,
-                                max_bad_records=max_bad_records, train_split=train_split)
+                                max_bad_records=max_bad_records, train_split=train_split,
+                                geometry=geometry)
 
   def _info(self):
     features = self._source.info.features
-    shape = (self._size, self._size, features['image'].shape[-1] or 3)
-    stored = (tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding='bytes')
-              if self._raw else tfds.features.Image(shape=shape, encoding_format='jpeg'))
+    shape = 'warped to' if self._geometry == 'warp' else (
+        f'shorter side {self._size}, central')
     return tfds.core.DatasetInfo(
         builder=self,
-        description=(f'{self._source.name} {self._source.version}: shorter side '
-                     f'{self._size}, central {self._size}x{self._size}, ' +
+        description=(f'{self._source.name} {self._source.version}: {shape} '
+                     f'{self._size}x{self._size}, ' +
                      ('raw uint8.' if self._raw else f'JPEG quality {self._quality}, 4:4:4.')),
-        features=tfds.features.FeaturesDict({
-            'image': stored,
-            'label': tfds.features.ClassLabel(names=features['label'].names),
-        }),
+        features=shard_writer.stored_features(self._size, features['image'].shape[-1] or 3,
+                                              self._raw, names=features['label'].names),
         supervised_keys=('image', 'label'),
         disable_shuffling=True)  # keep the source's order
 
@@ -232,10 +259,11 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     source = storage.ReadableSource(self._source.as_data_source(
         split, decoders={'image': tfds.decode.SkipDecoding()}), self._source.data_dir)
     channels = self._source.info.features['image'].shape[-1] or 3
-    for i in range(len(source)):
+    for i in progress.counted(range(len(source)), f'{self._source.name} at '
+                              f'{self._size}x{self._size}', split, len(source)):
       example = source[i]
       try:
-        array = transforms.decode(example['image'], self._size, channels)
+        array = geometry.prepare(example['image'], self._size, channels, self._geometry)
       except transforms.DECODE_ERRORS as e:
         name = transforms.record_name(example)
         if split != self._train_split:
@@ -250,10 +278,5 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                              f'more than data.max_bad_records={self._max_bad}; the last: '
                              f'{split} record {i}{name}: {e}.') from e
         continue
-      if self._raw:
-        yield i, {'image': array, 'label': int(example['label'])}
-        continue
-      out = io.BytesIO()
-      Image.fromarray(array[..., 0] if channels == 1 else array).save(
-          out, 'JPEG', quality=self._quality, subsampling=0)  # 4:4:4: full-resolution colour
-      yield i, {'image': out.getvalue(), 'label': int(example['label'])}
+      yield i, {'image': shard_writer.encode(array, self._quality),
+                'label': int(example['label'])}

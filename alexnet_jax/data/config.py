@@ -7,7 +7,9 @@ import os
 
 from alexnet_jax.data import decoders
 from alexnet_jax.data import device_decode
+from alexnet_jax.data import geometry
 from alexnet_jax.data import input_pipeline
+from alexnet_jax.data import reading
 from alexnet_jax.data import stream
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import one_of
@@ -32,9 +34,11 @@ def validate(config) -> None:
         name == 'mean_values' or min(values) > 0)),
             f'data.{name}={values} must give {d.channels} values (positive for the std) '
             f'with data.{name.split("_")[0]}=given.')
-  for name in ('crop_pad', 'prefetch', 'prepared_size', 'crop_size', 'threads', 'processes',
-               'statistics_examples'):
+  for name in ('crop_pad', 'prefetch', 'prepared_size', 'crop_size', 'statistics_examples'):
     require(d[name] >= 0, f'data.{name}={d[name]} must not be negative.')
+  for name in ('threads', 'processes', 'prepare_processes'):
+    require(d[name] >= reading.AUTO, f'data.{name}={d[name]} must be -1 (from the usable '
+            'cores) or a count, 0 or more.')
   require(d.pca_sigma >= 0, f'data.pca_sigma={d.pca_sigma} must not be negative.')
   if d.pipeline == 'memory':
     unsupported = {k: d[k] for k in ('prepared_size', 'crop_size', 'pca_sigma') if d[k]}
@@ -56,11 +60,15 @@ def validate(config) -> None:
   require(not d.prepared_size or d.crop_size <= d.prepared_size,
           f'data.crop_size={d.crop_size} is larger than data.prepared_size={d.prepared_size}.')
   one_of('data.storage', d.storage, ('jpeg', 'raw'))
-  one_of('data.decode_on', d.decode_on, device_decode.PLACES)
+  one_of('data.decode_on', d.decode_on, ('auto', *device_decode.PLACES))
+  one_of('data.prepared_geometry', d.prepared_geometry, geometry.GEOMETRIES)
+  require(d.prepared_geometry == 'centre_crop' or (d.prepare_once and d.prepared_size),
+          'data.prepared_geometry=warp stores the warped images once; set '
+          'data.prepare_once=True and data.prepared_size.')
   if d.decode_on == 'device':
     one_of('data.decoder', d.decoder, device_decode.DEVICE_DECODERS)
     require(d.prepare_once and d.prepared_size and d.crop_size and d.storage == 'jpeg'
-            and not d.processes,
+            and d.processes in (0, reading.AUTO),
             'data.decode_on=device decodes the JPEGs stored once at data.prepared_size and '
             'cuts data.crop_size views in the step; set data.prepare_once=True, '
             'data.prepared_size, data.crop_size, data.storage=jpeg and data.processes=0.')
@@ -77,7 +85,7 @@ def validate(config) -> None:
   require(not d.statistics or os.path.isfile(os.path.expanduser(d.statistics)),
           f'data.statistics={d.statistics} is not a file (write one with '
           '`python -m scripts.compute_pixel_statistics`).')
-  require(not stream.needs_statistics(d) or d.prepared_size or d.statistics,
+  require(not reading.needs_statistics(d) or d.prepared_size or d.statistics,
           f'data.mean={d.mean!r}, data.std={d.std!r} or data.pca=statistics needs images of '
           'one size: set data.prepared_size, or data.mean=none and data.std=none with '
           'data.pca=imagenet.')

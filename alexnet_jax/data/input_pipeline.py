@@ -1,7 +1,7 @@
 """`load(config)`: the run's data from the loader that `data.pipeline` names.
 
   memory: small datasets of one image size decoded once into RAM (`memory.load`)
-  stream: encoded images of any size decoded every step, the paper's pipeline (`stream.load`)
+  stream: encoded images of any size decoded every step, the paper's pipeline (`reading.load`)
 
 Both return a `batching.Data`: the dataset's shapes and class names, the mean the device
 subtracts, the training loader and the eval reader. The config is checked beforehand, in one
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from alexnet_jax.data import batching
 from alexnet_jax.data import memory
-from alexnet_jax.data import stream
+from alexnet_jax.data import reading
 
-PIPELINES = {'memory': memory.load, 'stream': stream.load}
+PIPELINES = {'memory': memory.load, 'stream': reading.load}
 
 
 def load(config) -> batching.Data:

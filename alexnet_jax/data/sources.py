@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import pathlib
 import struct
 
@@ -98,7 +99,8 @@ def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None,
   make = lambda: _construct(builders.FashionMnistIdx, data_dir=data_dir,
                             config=tfds.core.BuilderConfig(name=name), file_format='array_record')
   return storage.ready(make, f'Fashion-MNIST from {source}', allow_no_locks,
-                       download_config=tfds.download.DownloadConfig(manual_dir=str(source)))
+                       download_config=tfds.download.DownloadConfig(manual_dir=str(source)),
+                       estimate=sum(counts.values()) * 1024)  # a PNG of 28x28 is under 1 kB
 
 
 def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None,
@@ -124,7 +126,8 @@ def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None,
   make = lambda: _construct(builders.Imagenet2012NoTF, data_dir=data_dir,
                             file_format='array_record')
   storage.ready(make, f'imagenet2012 from {where}', allow_no_locks,
-                download_config=tfds.download.DownloadConfig(manual_dir=str(where)))
+                download_config=tfds.download.DownloadConfig(manual_dir=str(where)),
+                estimate=sum(os.path.getsize(where / n) for n in IMAGENET_TARS))
   return _construct(tfds.builder, 'imagenet2012', data_dir=data_dir)
 
 
@@ -156,25 +159,35 @@ def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...
                         if files and c not in trained):
         logging.warning('Class %r has images in %s/%s/ but none in %s/%s/: the network '
                         'cannot learn it.', cls, path, split, path, splits[0])
-  return storage.ready(make, f'the image folder {path}', allow_no_locks)
+  files = [f for split in builder.splits.values() for fs in split.values() for f in fs]
+  return storage.ready(make, f'the image folder {path}', allow_no_locks,
+                       estimate=sum(f.stat().st_size + 256 for f in files))
 
 
 def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
                     quality: int = 95, max_bad_records: int = 100,
-                    train_split: str = 'train', allow_no_locks: bool = False):
+                    train_split: str = 'train', allow_no_locks: bool = False,
+                    geometry: str = 'centre_crop'):
   """The paper's stored images ("optionally prepared once and stored"): every split of the
-  prepared `source_builder` with images resized so that the shorter side is `size` and
-  centre-cropped to size x size, JPEG-encoded at `quality` (0: stored raw, undecoded uint8
-  arrays, `decoders.from_raw`), as a tfds array_record dataset in
-  `data_dir`, built on first use. Training then decodes small images and only crops.
+  prepared `source_builder` with images brought to size x size by `geometry` (the paper's
+  shorter side to `size` and central crop, or Caffe's warp: `geometry`), JPEG-encoded at
+  `quality` (0: stored raw, undecoded uint8 arrays, `decoders.from_raw`), as a tfds
+  array_record dataset in `data_dir`, built on first use. Training then decodes small images
+  and only crops.
   Records of `train_split` that fail to decode are left out with a warning, up to
   `max_bad_records` (-1: any), past which the preparation stops; one in any other split
   stops it at once, naming the file: leaving it out would change what evaluation reports."""
   from alexnet_jax.data import builders
   make = lambda: _construct(builders.PreparedImages, source=source_builder, size=size,
                             quality=quality, data_dir=data_dir, file_format='array_record',
-                            max_bad_records=max_bad_records, train_split=train_split)
-  builder = storage.ready(make, f'{source_builder.name} at {size}x{size}', allow_no_locks)
+                            max_bad_records=max_bad_records, train_split=train_split,
+                            geometry=geometry)
+  what = f'{source_builder.name} at {size}x{size}'
+  if make().is_prepared():
+    builder = storage.ready(make, what, allow_no_locks)
+  else:
+    builder = storage.ready(make, what, allow_no_locks, estimate=_stored_bytes(
+        source_builder, size, quality, geometry, train_split))
   for split, info in source_builder.info.splits.items():
     stored = builder.info.splits[split].num_examples if split in builder.info.splits else 0
     if split != train_split and stored != info.num_examples:
@@ -182,6 +195,30 @@ def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
                          f'images of the {split} split (stored by an earlier version that left '
                          'out images that failed to decode); delete it to store it again.')
   return builder
+
+
+def _stored_bytes(source_builder, size: int, quality: int, geometry_name: str,
+                  train_split: str, sample: int = 16) -> int:
+  """About what the store of `source_builder` at `size` takes: every record's bytes as
+  measured on `sample` training images spread over the split (raw: known)."""
+  from alexnet_jax.data import geometry
+  from alexnet_jax.data import shard_writer
+  from alexnet_jax.data import transforms
+  count = sum(s.num_examples for s in source_builder.info.splits.values())
+  channels = source_builder.info.features['image'].shape[-1] or 3
+  if not quality:
+    return count * (size * size * channels + 64)
+  source = split_source(source_builder, train_split)
+  features = shard_writer.stored_features(size, channels, False, num_classes=1)
+  sizes = []
+  for i in np.linspace(0, len(source) - 1, min(sample, len(source))).astype(int).tolist():
+    try:
+      image = geometry.prepare(source[i]['image'], size, channels, geometry_name)
+    except transforms.DECODE_ERRORS:
+      continue
+    sizes.append(len(features.serialize_example(
+        {'image': shard_writer.encode(image, quality), 'label': 0})))
+  return int(count * 1.1 * (np.mean(sizes) if sizes else size * size * channels))
 
 
 def process_zero_first(make):

@@ -100,9 +100,10 @@ def check(builder) -> None:
                               'files, or restore it from a copy.')
 
 
-def ready(make, what: str, allow_no_locks: bool = False, **prepare_kwargs):
+def ready(make, what: str, allow_no_locks: bool = False, build=None, **prepare_kwargs):
   """The prepared builder `make()` constructs, built (or rebuilt, if damaged) from its source
-  files on first use, one process at a time (module docstring)."""
+  files on first use, one process at a time (module docstring), by `build(builder)` (default:
+  tfds's download_and_prepare, `prepare_kwargs` passed on)."""
   builder = make()
   if builder.is_prepared() and _damage(builder) is None:
     return builder
@@ -119,24 +120,52 @@ def ready(make, what: str, allow_no_locks: bool = False, **prepare_kwargs):
       logging.warning('The prepared %s in %s is damaged (%s): moved it to %s and preparing it '
                       'again from its source files.', what, builder.data_dir, why, aside)
       builder = make()
-    _build(builder, what, **prepare_kwargs)
-  return builder
+    if build is None:
+      _build(builder, what, **prepare_kwargs)
+      return builder
+    build(builder)
+  return make()  # read from what `build` wrote
 
 
-def _build(builder, what: str, **kwargs) -> None:
-  """tfds's download_and_prepare, saying what is stored where. tfds prints "Downloading and
-  preparing dataset Unknown size ..." to stdout for a build that downloads nothing (a local
-  folder): that print is swallowed. Its progress bars are shown on a terminal only: in a log
-  file they are lines of escape codes."""
+def _build(builder, what: str, estimate: int | None = None, **kwargs) -> None:
+  """tfds's download_and_prepare, saying what is stored where, past tfds's shuffle buffer
+  without TensorFlow (`tfds_writing`), with the disk's room checked against `estimate` (bytes of
+  the dataset) first, a full disk or a SIGTERM / SIGINT midway told in one line (tfds
+  removes its partial directory on the way out), the same bytes every time
+  (`tfds_writing`). tfds prints "Downloading and preparing
+  dataset Unknown size ..." to stdout for a build that downloads nothing (a local folder):
+  that print is swallowed. Its progress bars are off (`progress` logs lines instead: in a log
+  file the bars are lines of escape codes, and tfds's total is unknown)."""
   import io
-  import sys
+  import shutil
+  import tempfile
 
   import tensorflow_datasets as tfds
+
+  from alexnet_jax.data import disk
+  from alexnet_jax.data import stopping
+  from alexnet_jax.data import tfds_writing
+  tfds_writing.install()
+  where = os.path.dirname(os.fspath(builder.data_dir))
+  needed = None if estimate is None else disk.with_spill(estimate)
+  if needed is not None:
+    disk.check_room(where, needed, what)
   logging.info('Storing %s as a tfds dataset in %s (once; later runs read it from there).',
                what, builder.data_dir)
-  tfds.display_progress_bar(sys.stderr.isatty())
-  with contextlib.redirect_stdout(io.StringIO()):
-    builder.download_and_prepare(**kwargs)
+  tfds.display_progress_bar(False)
+  # tfds's download manager makes <data_dir>/downloads/extracted even when nothing is
+  # downloaded: here it goes into a directory removed afterwards.
+  os.makedirs(where, exist_ok=True)
+  downloads = tempfile.mkdtemp(prefix='tfds_downloads_', dir=where)
+  try:
+    with stopping.raising(what), contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(download_dir=downloads, **kwargs)
+  except (OSError, RuntimeError) as e:
+    if not disk.is_full(e):
+      raise
+    raise disk.filled(where, what, e, needed, resumes=False) from None
+  finally:
+    shutil.rmtree(downloads, ignore_errors=True)
   logging.info('Stored %s: %s.', what, builder.info.dataset_size)
 
 

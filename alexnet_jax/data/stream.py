@@ -23,11 +23,11 @@ skipping it would change the reported accuracy.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import functools
 import logging
-import os
 from typing import Iterator
 from typing import Sequence
 
@@ -35,7 +35,6 @@ import numpy as np
 
 from alexnet_jax.data import batching
 from alexnet_jax.data import decoders
-from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import BadDataError
 from alexnet_jax.errors import ConfigError
@@ -242,22 +241,28 @@ def eval_views(record: dict, augment: Augment, ten_crop: bool = False):
   return transforms.centre_crop(image, size), windows[4]
 
 
-def eval_reader(source, augment: Augment):
-  """(indices, ten_crop) -> (pixel_batch, labels) of eval records; a record that fails to
-  decode stops the evaluation, naming it."""
+def eval_reader(source, augment: Augment, threads: int = 0):
+  """(indices, ten_crop) -> (pixel_batch, labels) of eval records, their views cut by
+  `threads` threads (0 or 1: in the calling thread); the batch is the same either way. A
+  record that fails to decode stops the evaluation, naming it."""
+  pool = concurrent.futures.ThreadPoolExecutor(threads, 'eval_views') if threads > 1 else None
+
+  def views(item, ten_crop: bool):
+    i, record = item
+    try:
+      return eval_views(record, augment, ten_crop)
+    except transforms.DECODE_ERRORS as e:
+      raise BadDataError(f'Evaluation record {i}{transforms.record_name(record)} failed to '
+                         f'decode ({e}); the evaluation split must be readable in full.') from e
 
   def read(indices, ten_crop: bool):
-    views, windows, labels = [], [], []
-    for i, record in zip(indices, _get(source, indices)):
-      try:
-        view, window = eval_views(record, augment, ten_crop)
-      except transforms.DECODE_ERRORS as e:
-        raise BadDataError(f'Evaluation record {i}{transforms.record_name(record)} failed to '
-                           f'decode ({e}); the evaluation split must be readable in full.') from e
-      views.append(view)
-      windows.append(window)
-      labels.append(record['label'])
-    return pixels.pixel_batch(np.stack(views), np.stack(windows)), np.array(labels, np.int32)
+    records = _get(source, indices)
+    cut = functools.partial(views, ten_crop=ten_crop)
+    items = list(zip(indices, records))
+    out = list(pool.map(cut, items)) if pool is not None else [cut(x) for x in items]
+    labels = np.array([record['label'] for record in records], np.int32)
+    return pixels.pixel_batch(np.stack([v for v, _ in out]),
+                              np.stack([w for _, w in out])), labels
 
   return read
 
@@ -282,107 +287,3 @@ def pixel_statistics(source, prepared_size: int = transforms.PREPARED_SIZE,
   if statistics.count == 0:
     raise BadDataError('No record could be decoded to compute the pixel statistics.')
   return dict(statistics.as_dict(), bad=bad)
-
-
-# ---- the config's edge --------------------------------------------------------------
-
-
-def needs_statistics(d) -> bool:
-  """Whether `config.data` subtracts a mean, divides by a standard deviation or takes the
-  PCA from the training set."""
-  return (d.mean not in ('none', 'given') or d.std not in ('none', 'given') or
-          bool(d.pca_sigma and d.pca == 'statistics'))
-
-
-def _statistics(config, source) -> dict:
-  """The training set's pixel statistics: from data.statistics, else computed over
-  data.statistics_examples records drawn with the seed (the same on every process and on
-  every restart, so a resumed run subtracts the same mean)."""
-  d = config.data
-  if d.statistics:
-    with np.load(os.path.expanduser(d.statistics)) as f:
-      stats = {k: f[k] for k in f.files}
-    want = (d.prepared_size, d.prepared_size, d.channels)
-    if d.mean == 'pixel' and d.prepared_size and stats['mean'].shape != want:
-      raise ConfigError(f'data.statistics={d.statistics} has a mean image of shape '
-                        f'{stats["mean"].shape}, not {want} (data.prepared_size).')
-    if d.std != 'none' and 'mean_square' not in stats:
-      raise ConfigError(f'data.statistics={d.statistics} has no mean_square for data.std='
-                        f'{d.std} (an older file); write it again with '
-                        '`python -m scripts.compute_pixel_statistics`.')
-    return stats
-  limit = d.statistics_examples or None
-  logging.info('Computing the training set\'s pixel statistics over %d images.',
-               min(limit or len(source), len(source)))
-  return pixel_statistics(source, d.prepared_size, limit, config.seed, d.channels,
-                          decoder_of(d))
-
-
-def stored_raw(d) -> bool:
-  """Whether `config.data` reads the prepared images stored undecoded."""
-  return d.storage == 'raw' and bool(d.prepare_once and d.prepared_size)
-
-
-def decoder_of(d) -> str:
-  """What decodes the images on the host: training (data.decode_on=host), evaluation and
-  the pixel statistics."""
-  if stored_raw(d):
-    return 'raw'
-  if d.decode_on == 'device':
-    from alexnet_jax.data import device_decode
-    return device_decode.host_decoder(d.decoder)
-  return d.decoder
-
-
-def device_decoder_of(d):
-  """The device decoder of data.decode_on=device, else None."""
-  if d.decode_on != 'device':
-    return None
-  from alexnet_jax.data import device_decode
-  return device_decode.make(d.decoder, d.prepared_size, d.channels)
-
-
-def training_builder(config):
-  """The prepared tfds builder the stream pipeline reads: the dataset's, or with
-  data.prepare_once its images stored once at data.prepared_size (as the paper did)."""
-  d = config.data
-
-  def make():
-    builder = sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder,
-                                  (d.train_split, d.eval_split), config.allow_no_file_locks)
-    if d.prepare_once and d.prepared_size:
-      builder = sources.prepare_resized(builder, d.data_dir, d.prepared_size,
-                                        quality=0 if stored_raw(d) else d.storage_quality,
-                                        max_bad_records=d.max_bad_records,
-                                        train_split=d.train_split,
-                                        allow_no_locks=config.allow_no_file_locks)
-    return builder
-
-  return sources.process_zero_first(make)
-
-
-def load(config) -> batching.Data:
-  """The stream pipeline of `config` (`input_pipeline.load` with data.pipeline=stream)."""
-  d = config.data
-  builder = training_builder(config)
-  train_source = sources.split_source(builder, d.train_split)
-  eval_source = sources.split_source(builder, d.eval_split)
-  stats = _statistics(config, train_source) if needs_statistics(d) else None
-  mean, scale = transforms.mean_and_scale(d, stats)
-  eigval, eigvec = transforms.IMAGENET_EIGVAL, transforms.IMAGENET_EIGVEC
-  if d.pca == 'statistics' and d.pca_sigma:
-    eigval, eigvec = stats['eigval'], stats['eigvec']
-  augment = Augment(prepared_size=d.prepared_size, crop_size=d.crop_size, flip=d.flip,
-                    pca_sigma=d.pca_sigma, eigval=tuple(np.asarray(eigval, float)),
-                    eigvec=tuple(map(tuple, np.asarray(eigvec, float))), channels=d.channels,
-                    decoder=decoder_of(d))
-  names = sources.class_names(builder)
-  info = batching.DataInfo(num_classes=len(names), image_size=d.image_size,
-                           channels=d.channels, num_train=len(train_source),
-                           num_eval=len(eval_source), class_names=names)
-  return batching.Data(
-      info=info, mean=mean, scale=scale,
-      loader=StreamLoader(train_source, config.batch_size, config.seed, augment,
-                          d.threads, d.processes, d.max_bad_records, device_decoder_of(d)),
-      eval_read=eval_reader(eval_source, augment),
-      train_read=functools.partial(eval_reader(train_source, augment), ten_crop=False))

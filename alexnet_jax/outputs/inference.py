@@ -15,6 +15,7 @@ import numpy as np
 
 from alexnet_jax.checkpoint import checkpointing
 from alexnet_jax.checkpoint.params import restore_params
+from alexnet_jax.data import geometry
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import ConfigError
@@ -64,9 +65,9 @@ def load_image(path: str):
 def predict(config, workdir: str, paths: list[str], step: int | None = None,
             top: int = 5) -> list[dict]:
   """Classifies image files with a checkpoint: for each, the `top` class names and
-  probabilities. Each image gets the eval split's centre view (the shorter side to the
-  prepared size, the central crop), normalised exactly as in training, with the mean the
-  checkpoint carries."""
+  probabilities. Each image gets the eval split's centre view (the image prepared as the
+  stored ones, `data.prepared_geometry`, then the central crop), normalised exactly as in
+  training, with the mean the checkpoint carries."""
   if not paths:
     raise ConfigError('--images names no image files.')
   pil_images = [load_image(p) for p in paths]
@@ -74,8 +75,9 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
   mean, scale = checkpointing.normalisation(meta, inputs)
   d = config.data
   size = d.prepared_size or (mean.shape[0] if mean.ndim == 3 else d.image_size)
-  views, windows = zip(*(transforms.centre_view(image, size, d.crop_size, d.channels)
-                         for image in pil_images))
+  views, windows = zip(*(geometry.centre_view(image, size, d.crop_size, d.channels,
+                                              d.prepared_geometry if d.prepared_size else
+                                              'centre_crop') for image in pil_images))
   images = pixels.pixel_batch(np.stack(views), np.stack(windows))
   spec = model_config.model_spec(config)
 

@@ -21,13 +21,13 @@ import sys
 import jax
 from jax.experimental import multihost_utils
 
-from alexnet_jax.errors import UserError
+from alexnet_jax.errors import Stopped
 
-EXIT_CODE = 75  # EX_TEMPFAIL: stopped early, a checkpoint is written; rerun to continue
+EXIT_CODE = Stopped.exit_code  # EX_TEMPFAIL: stopped early, a checkpoint is written; rerun
 SECOND_SIGINT_EXIT_CODE = 130
 
 
-class Interrupted(UserError):
+class Interrupted(Stopped):
   """The run stopped at a signal after saving; launch.py exits with EXIT_CODE."""
 
   exit_code = EXIT_CODE
