@@ -15,7 +15,7 @@ MAX_MODULE_LINES = 400
 MAX_CLASS_LINES = 200
 MAX_LOOP_LINES = 80
 # Lowest first: a package imports only from its own layer and the layers before it.
-LAYERS = (('errors', 'xla_cpu'), ('model',), ('parallel',), ('data',), ('checkpoint',),
+LAYERS = (('errors', 'xla_cpu', 'cli'), ('model',), ('parallel',), ('data',), ('checkpoint',),
           ('weights',), ('outputs',), ('train',))
 
 
