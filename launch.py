@@ -8,9 +8,9 @@
 Exit codes: 0 done; 1 a problem with the flags, config, data, workdir or cluster, printed as
 one line 'error: <sentence>' (the workdir is left as it was); 69 a run of several processes
 lost one of them (killed, frozen, its host gone: one line names it and the last complete
-checkpoint; rerun every process to continue); 75 stopped by SIGTERM or SIGINT after writing a
-checkpoint of the current step (rerun the same command to continue); 130 a second SIGINT (at
-once, without a checkpoint).
+checkpoint; rerun every process to continue); 75 stopped by a signal of config.stop_signals
+(SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 by default) after writing a checkpoint of the current
+step (rerun the same command to continue); 130 a second SIGINT (at once, without a checkpoint).
 """
 
 import functools

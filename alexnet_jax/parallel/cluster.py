@@ -38,8 +38,9 @@ from alexnet_jax.errors import UserError
 
 EXIT_CODE = 69  # EX_UNAVAILABLE: a process of the run was lost; rerun every process
 SUPERVISED_ENV = 'ALEXNET_JAX_SUPERVISED'
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
-                     signal.SIGUSR2)
+# Every signal a run may stop at (config.stop_signals, alexnet_jax/train/interrupts.py).
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
 HOLD_SECONDS = 3.0  # how long native coordination messages wait for a fatal line to follow
 _PR_SET_PDEATHSIG = 1
 

@@ -30,6 +30,7 @@ from alexnet_jax.errors import require
 from alexnet_jax.model import config as model_config
 from alexnet_jax.model import network as model_lib
 from alexnet_jax.parallel import sharding
+from alexnet_jax.train import interrupts
 from alexnet_jax.train import optimizer as optimizer_lib
 from alexnet_jax.train import steps as steps_lib
 from alexnet_jax.weights import fine_tuning
@@ -119,6 +120,7 @@ def _validate_training(config) -> None:
   require(config.plateau_max_drops >= 0,
           f'plateau_max_drops={config.plateau_max_drops} must not be negative.')
   one_of('on_nonfinite_loss', config.on_nonfinite_loss, NONFINITE)
+  interrupts.check_signals(config.stop_signals)
   require(0 <= config.momentum < 1, f'momentum={config.momentum} must be in [0, 1).')
   require(config.weight_decay >= 0,
           f'weight_decay={config.weight_decay} must not be negative.')
