@@ -112,10 +112,11 @@ def load_config(path: str, overrides=()):
   launch.py would load it, or one line and exit 1 (for scripts that pass flags on to
   launch.py: a mistyped field is named before any run starts)."""
   from ml_collections import config_flags
+  argv = ['load_config', f'--config={path}', *overrides]
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'Path to a config file.',
-                                  flag_values=flag_values, lock_config=True)
-  parse_flags(['load_config', f'--config={path}', *overrides], flag_values)
+                                  flag_values=flag_values, lock_config=True, sys_argv=argv)
+  parse_flags(argv, flag_values)
   return flag_values.config
 
 
