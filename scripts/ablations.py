@@ -207,7 +207,8 @@ def main(argv=None):
   from alexnet_jax import cli
   # As launch.py will load it for every run: a mistyped field is one line now, not a failed
   # run per variant.
-  every = variants(cli.load_config(str(ROOT / args.config), passthrough))
+  config = cli.load_config(str(ROOT / args.config), passthrough)
+  every = variants(config)
   names = [n for n in args.variants.split(',') if n] or list(every)
   unknown = [n for n in names if n not in every]
   if unknown:
@@ -217,8 +218,10 @@ def main(argv=None):
   seeds = 1 if args.quick else args.seeds
   extra = list(passthrough)
   if args.quick:
-    extra += ['--config.data.manual_dir=data/fashion_mnist', '--config.num_train_steps=12',
-              '--config.eval_every_steps=6', '--config.log_every_steps=6']
+    extra += ['--config.num_train_steps=12', '--config.eval_every_steps=6',
+              '--config.log_every_steps=6']
+    if config.dataset == 'fashion_mnist' and not config.data.manual_dir:
+      extra.append('--config.data.manual_dir=data/fashion_mnist')  # the embedded subset
   out = pathlib.Path(args.out).resolve()
   results, curves = {}, {}
   for name in names:

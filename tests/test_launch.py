@@ -3,6 +3,7 @@ source (Fashion-MNIST, an image folder, imagenet2012's tars), eval and predict."
 
 import json
 import math
+import re
 import subprocess
 import sys
 import types
@@ -55,6 +56,8 @@ def test_synthetic_224_records_the_papers_parameter_count(tmp_path):
   run = json.loads((tmp_path / 'run.json').read_text())
   assert run['num_params'] == 60_965_224
   assert run['config']['data']['image_size'] == 224
+  assert ('Data: random images generated in memory from seed 0: 8 train / 4 validation '
+          'images, 1000 classes.') in result.stderr
 
 
 @pytest.mark.slow
@@ -64,6 +67,13 @@ def test_fashion_mnist_trains_and_logs(tmp_path):
                   f'--config.data.manual_dir={sources.EMBEDDED_FASHION_MNIST}',
                   f'--config.data.data_dir={tmp_path / "tfds"}')
   assert result.returncode == 0, result.stderr[-3000:]
+  # The data the run reads, in one line.
+  embedded = sources.EMBEDDED_FASHION_MNIST
+  line = next(l for l in result.stderr.splitlines() if 'Data: ' in l)
+  assert re.search(
+      rf'Data: Fashion-MNIST from {embedded} \(the subset embedded in this repository\), '
+      rf'prepared in {tmp_path}/tfds/\S+: 10,000 train / 2,000 test images, 10 classes\.$',
+      line), line
   workdir = tmp_path / 'run'
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   train_keys = {'step', 'train/loss', 'train/top1', 'train/top5', 'lr', 'images_per_sec'}

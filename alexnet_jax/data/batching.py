@@ -35,6 +35,7 @@ class DataInfo:
   num_train: int
   num_eval: int
   class_names: tuple[str, ...]
+  source: str = ''  # where the images come from (`provenance.describe`)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,9 +69,11 @@ def idx_counts(directory: pathlib.Path) -> dict[str, int]:
 
 
 def find_fashion_mnist_files(manual_dir: str | None) -> pathlib.Path:
-  """The first directory holding the four idx files, or one sentence saying where to put them."""
-  candidates = [pathlib.Path(manual_dir).expanduser()] if manual_dir else []
-  candidates += [DEBIAN_FASHION_MNIST, EMBEDDED_FASHION_MNIST]
+  """The directory holding the four idx files: `manual_dir` where the user gives one (never
+  another in its place), else the first of Debian's and the embedded subset; or one sentence
+  saying where to put them."""
+  candidates = ([pathlib.Path(manual_dir).expanduser()] if manual_dir
+                else [DEBIAN_FASHION_MNIST, EMBEDDED_FASHION_MNIST])
   for d in candidates:
     if all((d / n).is_file() for n in FASHION_MNIST_IDX):
       return d

@@ -35,6 +35,7 @@ import numpy as np
 
 from alexnet_jax.data import batching
 from alexnet_jax.data import decoders
+from alexnet_jax.data import provenance
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
 from alexnet_jax.errors import BadDataError
@@ -379,7 +380,8 @@ def load(config) -> batching.Data:
   names = sources.class_names(builder)
   info = batching.DataInfo(num_classes=len(names), image_size=d.image_size,
                            channels=d.channels, num_train=len(train_source),
-                           num_eval=len(eval_source), class_names=names)
+                           num_eval=len(eval_source), class_names=names,
+                           source=provenance.describe(config, builder))
   return batching.Data(
       info=info, mean=mean, scale=scale,
       loader=StreamLoader(train_source, config.batch_size, config.seed, augment,

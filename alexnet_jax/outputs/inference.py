@@ -28,10 +28,11 @@ from alexnet_jax.outputs import figure4
 from alexnet_jax.outputs import figures
 
 
-def restore_params(config, workdir: str, step: int | None = None):
+def restore_params(config, workdir: str, step: int | None = None, reads_data: bool = True):
   """The parameters of the latest (or `step`'s) checkpoint as numpy arrays: (params, meta,
-  inputs), where `inputs['mean']` is the mean training subtracted."""
-  data_config.validate(config)
+  inputs), where `inputs['mean']` is the mean training subtracted. `reads_data=False`: the
+  command reads no dataset, whose paths then need not exist."""
+  data_config.validate(config, paths=reads_data)
   model_config.validate(config)
   spec = model_config.model_spec(config)
   abstract = jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, np.float32),
@@ -98,7 +99,7 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
   if not paths:
     raise ConfigError('--images names no image files.')
   pil_images = [load_image(p) for p in paths]
-  params, meta, inputs = restore_params(config, workdir, step)
+  params, meta, inputs = restore_params(config, workdir, step, reads_data=False)
   mean, scale = checkpointing.normalisation(meta, inputs)
   d = config.data
   size = d.prepared_size or (mean.shape[0] if mean.ndim == 3 else d.image_size)
