@@ -105,8 +105,10 @@ def main(argv, make_hooks=None):
     cli.fail(str(e))
   except OSError as e:  # a full disk, a lost mount, a permission, outside a checked path
     cli.fail(f'{e.strerror or e}{f": {e.filename}" if e.filename else ""}.'.replace('..', '.'))
+  # Any other error is a bug and keeps its traceback (re-raised), unless a collective failed
+  # because a peer process is gone: JAX's coordination service then names it.
   except Exception as e:  # pylint: disable=broad-except
-    if cluster.is_collective_failure(e):  # a peer is gone: JAX's verdict names it
+    if cluster.is_collective_failure(e):
       cluster.await_verdict(e, workdir, d.heartbeat_timeout_seconds)
     raise
   logging.info('Final evaluation: %s', result)

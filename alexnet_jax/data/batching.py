@@ -108,7 +108,7 @@ def prefetch(iterator, size: int):
         if not put(item):
           return
       put(done)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:  # pylint: disable=broad-except  (raised, whole, by the reader)
       put(e)
     finally:
       close = getattr(iterator, 'close', None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gzip
 import logging
 import pathlib
+import re
 import struct
 
 import numpy as np
@@ -218,8 +219,18 @@ def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
     return image_folder_builder(folder, data_dir, splits, allow_no_locks)
   try:
     builder = _construct(tfds.builder, name, data_dir=data_dir)
-  except Exception as e:  # unknown name: tfds lists close matches
-    raise DatasetNotFoundError(f'dataset={name!r} is not a tfds dataset: {e}') from None
+  except tfds.core.DatasetNotFoundError as e:  # an unknown name; tfds names a close match
+    hint = re.search(r'Did you mean: \S+ -> (\S+)', str(e))
+    raise DatasetNotFoundError(
+        f'dataset={name!r} is not a tfds dataset' + (f' (did you mean {hint.group(1)}?)' if hint
+                                                       else '')
+        + '; name one of tfds.list_builders(), or fashion_mnist, imagenet2012, image_folder, '
+        'synthetic.') from None
+  except ValueError as e:  # a name tfds cannot parse; any other ValueError is a bug
+    if not str(e).startswith('Parsing builder name string'):
+      raise
+    raise DatasetNotFoundError(f'dataset={name!r} is not a dataset name (name[/config]'
+                               '[:version]).') from None
   if not builder.is_prepared():
     instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
     where = (f'put its manual-download files in data.manual_dir ({manual_dir or "not set"})'

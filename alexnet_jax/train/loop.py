@@ -142,8 +142,11 @@ def _closed_at_exit(thing):
   except BaseException:
     try:
       thing.close()
-    except Exception as e:  # pylint: disable=broad-except
-      logging.warning('Closing %s after the error failed too: %s', type(thing).__name__, e)
+    # Whatever closing raises must not replace the error the run is ending with (re-raised
+    # below); it is logged with its traceback.
+    except Exception:  # pylint: disable=broad-except
+      logging.warning('Closing %s after the error failed too:', type(thing).__name__,
+                      exc_info=True)
     raise
   thing.close()
 
