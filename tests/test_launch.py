@@ -112,7 +112,9 @@ def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
   at 36x36, random 32 crops, reflections, PCA lighting, per-pixel mean, decode in a grain
   worker process with 2 threads), then --mode=eval (centre and 10-crop) and --mode=predict;
   then the stored images again, as any tfds dataset is read: by name from data_dir."""
-  helpers.make_small_folder(tmp_path / 'images')
+  # Class names in other scripts: printed as their letters, not as \u escapes.
+  left, right = 'кошка', '日本'
+  helpers.make_small_folder(tmp_path / 'images', classes=(left, right))
   common = [f'--config.data.folder={tmp_path / "images"}',
             f'--config.data.data_dir={tmp_path / "tfds"}', '--config.batch_size=16',
             '--config.eval_batch_size=16', '--config.min_train_steps=0']
@@ -131,15 +133,17 @@ def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
   out = json.loads(result.stdout.split('eval: ', 1)[1])
   assert out['step'] == 6 and 0 <= out['ten_crop/top1'] <= 1
   assert np.isfinite(out['ten_crop/loss']) and out['ten_crop/loss'] != out['centre/loss']
-  image = tmp_path / 'images' / 'test' / 'right' / '3.jpg'
+  image = tmp_path / 'images' / 'test' / right / '3.jpg'
   result = launch('configs/image_folder.py', tmp_path / 'run', *common,
                               '--mode=predict', f'--images={image}')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'left' in result.stdout and 'right' in result.stdout
+  assert f'"class": "{left}", "name": "{left}"' in result.stdout, result.stdout
+  assert f'"class": "{right}", "name": "{right}"' in result.stdout, result.stdout
+  assert '\\u' not in result.stdout, result.stdout
   # Any tfds dataset prepared in data_dir, by name: here the 36x36 images stored above.
   stored = [p.name for p in (tmp_path / 'tfds' / 'prepared_images').iterdir()]
   assert len(stored) == 1
-  result = launch('configs/image_folder.py', tmp_path / 'by_name', *common,
+  result = launch('configs/image_folder.py', tmp_path / 'by_name', *common[1:],
                               f'--config.dataset=prepared_images/{stored[0]}',
                               '--config.data.prepare_once=False', '--config.num_train_steps=2')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -169,8 +173,8 @@ def test_predict_gives_the_classes_that_eval_scores(tmp_path):
   assert [p['image'] for p in predicted] == [str(f) for f in files]
   hits, losses = [], []
   for path, p in zip(files, predicted):
-    probabilities = dict(p['top'])  # two classes: both are in the top 5
-    hits.append(p['top'][0][0] == path.parent.name)
+    probabilities = {t['class']: t['probability'] for t in p['top']}  # both classes
+    hits.append(p['top'][0]['class'] == path.parent.name)
     losses.append(-math.log(probabilities[path.parent.name]))
   assert scored['centre/images'] == len(files) == 16
   assert np.mean(hits) == scored['centre/top1']
