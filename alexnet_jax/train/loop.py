@@ -143,7 +143,10 @@ def _closed_at_exit(thing):
     try:
       thing.close()
     # Whatever closing raises must not replace the error the run is ending with (re-raised
-    # below); it is logged with its traceback.
+    # below): the machine's failure (the same full disk) in a line, anything else, which may
+    # be a bug, with its traceback.
+    except (OSError, errors.UserError) as e:
+      logging.warning('Closing %s after the error failed too: %s', type(thing).__name__, e)
     except Exception:  # pylint: disable=broad-except
       logging.warning('Closing %s after the error failed too:', type(thing).__name__,
                       exc_info=True)
