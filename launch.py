@@ -10,23 +10,24 @@
 Exit codes: 0 done; 1 a problem with the flags, config, data, workdir or cluster, printed as
 one line 'error: <sentence>' (the workdir is left as it was); 69 a run of several processes
 lost one of them (killed, frozen, its host gone: one line names it and the last complete
-checkpoint; rerun every process to continue); 75 stopped by SIGTERM or SIGINT after writing a
-checkpoint of the current step, or while a dataset was prepared, after the shards in flight
-(rerun the same command to continue); 130 a second SIGINT (at once, without a checkpoint).
+checkpoint; rerun every process to continue); 75 stopped by a signal of config.stop_signals
+(SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 by default) after writing a checkpoint of the current
+step, or while a dataset was prepared, after the shards in flight (rerun the same command to
+continue); 130 a second SIGINT (at once, without a checkpoint).
 """
 
-import ast
 import functools
 import json
 import logging as py_logging
 import os
-import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from alexnet_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and run.json.')
@@ -50,102 +51,23 @@ flags.DEFINE_bool('overwrite', False, '--mode=export: replace files at --export_
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _last_line(line: str, code: int):
-  """Prints `line` as the run's last line on stderr and exits with `code`. What native
-  threads would print while the interpreter shuts down (tensorstore's tracebacks of a failed
-  save's pending writes) goes to /dev/null: the line has said what happened."""
-  print(line, file=sys.stderr, flush=True)
-  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
-  sys.exit(code)
-
-
-def _fail(message: str, code: int = 1):
-  _last_line(f'error: {message}', code)
-
-
-def _config_path(argv) -> str | None:
-  for i, a in enumerate(argv):
-    if a.startswith('--config='):
-      return a.split('=', 1)[1]
-    if a == '--config' and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
-def check_config_file(path: str) -> None:
-  """The config file exists, parses and defines get_config(), or one sentence says which
-  (ml_collections would report each as a traceback)."""
-  file = path if os.path.exists(path) else path.split(':')[0]  # `file.py:argument`
-  if not os.path.isfile(file):
-    _fail(f'--config={path}: there is no such file.')
-  try:
-    with open(file, encoding='utf-8') as f:
-      tree = ast.parse(f.read(), filename=file)
-  except SyntaxError as e:
-    _fail(f'--config={path}: {e.msg} at line {e.lineno}: {(e.text or "").strip()!r}.')
-  except (OSError, UnicodeDecodeError) as e:
-    _fail(f'--config={path} cannot be read ({e}).')
-  if not any(isinstance(n, ast.FunctionDef) and n.name == 'get_config' for n in tree.body):
-    _fail(f'--config={path} defines no get_config() function returning the config.')
-  try:  # as ml_collections will, so that an error in the file is told apart from a bad flag
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('_config_check', file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    arguments = path[len(file) + 1:].split(',') if path != file else []
-    module.get_config(*arguments)
-  except Exception as e:  # pylint: disable=broad-except
-    _fail(f'--config={path}: get_config() failed ({type(e).__name__}: '
-          f'{str(e).splitlines()[0] if str(e) else ""}).')
-
-
-def parse_flags(argv):
-  """absl's parser, with its errors (and ml_collections' tracebacks for a bad config file or
-  an unknown config field) turned into one line."""
-  path = _config_path(argv)
-  if path:
-    check_config_file(path)
-  try:
-    parsed = FLAGS(argv)
-  except flags.Error as e:
-    _fail(str(e).rstrip('.') + '.')
-  except (AttributeError, KeyError) as e:  # an unknown --config.<field>
-    text = str(e).replace('\\n', ' ').replace("\\'", "'")
-    name = re.search(r"'([A-Za-z0-9_]+)'", text)
-    name = name.group(1) if name else text
-    arg = next((a.split('=')[0] for a in argv if a.startswith('--config.')
-                and re.search(rf'[.]{re.escape(name)}(=|$)', a.split('=')[0])), name)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    _fail(f'{arg} is not a config field' + (f' (did you mean {hint.group(1)}?).' if hint
-                                             else '.'))
-  try:
-    FLAGS.config  # pylint: disable=pointless-statement
-  except Exception as e:  # pylint: disable=broad-except
-    cause = e
-    while cause.__cause__ is not None:
-      cause = cause.__cause__
-    _fail(f'--config={path}: loading it failed ({type(cause).__name__}: '
-          f'{str(cause).splitlines()[0] if str(cause) else ""}).')
-  return parsed
-
-
 def check_paths(workdir: str, figures_dir: str | None, images: list[str]) -> None:
   """The paths given as flags, before anything starts: an empty one (an unset shell
   variable: `--workdir=$RUN`) would otherwise mean the current directory."""
   if not workdir.strip():
-    _fail('--workdir is empty (an unset shell variable?); name the run\'s directory, such as '
+    cli.fail('--workdir is empty (an unset shell variable?); name the run\'s directory, such as '
           '--workdir=runs/x.')
   if figures_dir is not None and not figures_dir.strip():
-    _fail('--figures_dir is empty; name a directory, or leave the flag out for '
+    cli.fail('--figures_dir is empty; name a directory, or leave the flag out for '
           '<workdir>/figures.')
   if any(not p.strip() for p in images):
-    _fail(f'--images={",".join(images)} has an empty file name.')
+    cli.fail(f'--images={",".join(images)} has an empty file name.')
 
 
 def main(argv, make_hooks=None):
   """`make_hooks()`: the training loop's `loop.Hooks` (tests pass fault injectors)."""
   if len(argv) > 1:
-    _fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value).')
+    cli.fail(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value).')
   config = FLAGS.config
   workdir = FLAGS.workdir
   check_paths(workdir, FLAGS.figures_dir, FLAGS.images)
@@ -159,7 +81,7 @@ def main(argv, make_hooks=None):
   try:
     cluster.join(d)
   except cluster.ClusterError as e:
-    _fail(str(e))
+    cli.fail(str(e))
 
   # JAX and the package are imported after the distributed setup.
   from alexnet_jax.errors import Stopped
@@ -170,7 +92,7 @@ def main(argv, make_hooks=None):
     if FLAGS.mode == 'eval':
       from alexnet_jax.train import evaluation
       result = evaluation.evaluate_checkpoint(config, workdir, step)
-      print('eval: ' + json.dumps(result), flush=True)
+      print('eval: ' + json.dumps(result, ensure_ascii=False), flush=True)
       return
     if FLAGS.mode == 'figures':
       from alexnet_jax.outputs import inference
@@ -180,7 +102,7 @@ def main(argv, make_hooks=None):
     if FLAGS.mode == 'predict':
       from alexnet_jax.outputs import inference
       for result in inference.predict(config, workdir, FLAGS.images, step):
-        print('predict: ' + json.dumps(result), flush=True)
+        print('predict: ' + json.dumps(result, ensure_ascii=False), flush=True)
       return
     if FLAGS.mode == 'export':
       from alexnet_jax.weights import export
@@ -190,16 +112,18 @@ def main(argv, make_hooks=None):
       return
     from alexnet_jax.train import loop
     result = loop.train_and_evaluate(config, workdir, make_hooks() if make_hooks else None)
-  except Stopped as e:  # SIGTERM or SIGINT in training (a checkpoint) or a preparation
-    _last_line(f'stopped: {e}', e.exit_code)
+  except Stopped as e:  # a stop signal in training (a checkpoint) or in a preparation
+    cli.last_line(f'stopped: {e}', e.exit_code)
   except KeyboardInterrupt:  # SIGINT outside the training loop (set-up, evaluation)
-    _fail('interrupted by SIGINT before any training step; no checkpoint was written.', 130)
+    cli.fail('interrupted by SIGINT before any training step; no checkpoint was written.', 130)
   except (UserError, FloatingPointError) as e:
-    _fail(str(e))
+    cli.fail(str(e))
   except OSError as e:  # a full disk, a lost mount, a permission, outside a checked path
-    _fail(f'{e.strerror or e}{f": {e.filename}" if e.filename else ""}.'.replace('..', '.'))
+    cli.fail(f'{e.strerror or e}{f": {e.filename}" if e.filename else ""}.'.replace('..', '.'))
+  # Any other error is a bug and keeps its traceback (re-raised), unless a collective failed
+  # because a peer process is gone: JAX's coordination service then names it.
   except Exception as e:  # pylint: disable=broad-except
-    if cluster.is_collective_failure(e):  # a peer is gone: JAX's verdict names it
+    if cluster.is_collective_failure(e):
       cluster.await_verdict(e, workdir, d.heartbeat_timeout_seconds)
     raise
   logging.info('Final evaluation: %s', result)
@@ -275,7 +199,7 @@ def run(make_hooks=None):
   sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
   # On absl's handler, which every logger's records reach (jax logs through its own loggers).
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  app.run(functools.partial(main, make_hooks=make_hooks), flags_parser=parse_flags)
+  app.run(functools.partial(main, make_hooks=make_hooks), flags_parser=cli.parse_flags)
 
 
 if __name__ == '__main__':

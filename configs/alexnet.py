@@ -182,6 +182,11 @@ def get_config() -> ml_collections.ConfigDict:
   # them to corrupt_checkpoints/ (and metrics.jsonl beside them) and trains from step 0.
   config.start_fresh_if_damaged = False
   config.on_nonfinite_loss = 'stop'  # stop: exit naming the step; skip: drop that update
+  # Signals that end the run after the current step with a checkpoint of it, exit 75
+  # (alexnet_jax/train/interrupts.py): preemption (TERM), Ctrl-C (INT, twice: at once), a
+  # closed terminal (HUP), Ctrl-\ (QUIT), a scheduler's warning (USR1: sbatch --signal=USR1@120).
+  # Any of SIGTERM SIGINT SIGHUP SIGQUIT SIGUSR1 SIGUSR2 SIGXCPU; one left out keeps its default.
+  config.stop_signals = ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1')
   # The workdir's run.lock and data_dir's preparation locks are flocks; where the file system
   # gives none (NFS without a lock daemon) the run stops, unless this accepts the risk.
   config.allow_no_file_locks = False

@@ -204,13 +204,11 @@ def main(argv=None):
   if bad:
     sys.exit(f'error: after --, only --config.<field>=<value> flags pass through to every run, '
              f'not {bad[0]}.')
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('ablation_config', ROOT / args.config)
-  if spec is None or not (ROOT / args.config).exists():
-    sys.exit(f'error: --config={args.config}: there is no such file.')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  every = variants(module.get_config())
+  from alexnet_jax import cli
+  # As launch.py will load it for every run: a mistyped field is one line now, not a failed
+  # run per variant.
+  config = cli.load_config(str(ROOT / args.config), passthrough)
+  every = variants(config)
   names = [n for n in args.variants.split(',') if n] or list(every)
   unknown = [n for n in names if n not in every]
   if unknown:
@@ -220,8 +218,10 @@ def main(argv=None):
   seeds = 1 if args.quick else args.seeds
   extra = list(passthrough)
   if args.quick:
-    extra += ['--config.data.manual_dir=data/fashion_mnist', '--config.num_train_steps=12',
-              '--config.eval_every_steps=6', '--config.log_every_steps=6']
+    extra += ['--config.num_train_steps=12', '--config.eval_every_steps=6',
+              '--config.log_every_steps=6']
+    if config.dataset == 'fashion_mnist' and not config.data.manual_dir:
+      extra.append('--config.data.manual_dir=data/fashion_mnist')  # the embedded subset
   out = pathlib.Path(args.out).resolve()
   results, curves = {}, {}
   for name in names:

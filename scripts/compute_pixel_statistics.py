@@ -13,13 +13,14 @@ count, bad. Without a file, training computes the same over data.statistics_exam
 images at start-up.
 """
 
-import sys
+import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from alexnet_jax import cli
+from alexnet_jax.data import config as data_config
 from alexnet_jax.data import reading
 from alexnet_jax.data import sources
 from alexnet_jax.data import stream
@@ -34,17 +35,17 @@ flags.mark_flags_as_required(['config', 'out'])
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  try:
-    if config.data.pipeline != 'stream' or not config.data.prepared_size:
-      raise UserError('The statistics are for data.pipeline=stream with data.prepared_size '
-                      '> 0 (images of one size).')
-    source = sources.split_source(reading.training_builder(config), config.data.train_split)
-    stats = stream.pixel_statistics(source, config.data.prepared_size,
-                                       flags.FLAGS.limit or None, config.seed,
-                                       config.data.channels, reading.decoder_of(config.data))
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  if config.data.pipeline != 'stream' or not config.data.prepared_size:
+    raise UserError('The statistics are for data.pipeline=stream with data.prepared_size '
+                    '> 0 (images of one size).')
+  data_config.validate(config)
+  out_dir = os.path.dirname(os.path.abspath(flags.FLAGS.out))
+  if not os.path.isdir(out_dir) or not os.access(out_dir, os.W_OK):
+    raise UserError(f'--out={flags.FLAGS.out}: {out_dir} is not a writable directory.')
+  source = sources.split_source(reading.training_builder(config), config.data.train_split)
+  stats = stream.pixel_statistics(source, config.data.prepared_size,
+                                  flags.FLAGS.limit or None, config.seed,
+                                  config.data.channels, reading.decoder_of(config.data))
   np.savez(flags.FLAGS.out, **stats)
   line = (f'{stats["count"]} images ({stats["bad"]} unreadable); mean per channel '
           f'{stats["mean"].reshape(-1, config.data.channels).mean(axis=0).round(1).tolist()}')
@@ -54,4 +55,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

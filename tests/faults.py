@@ -7,7 +7,7 @@
   stop_after_step=N       SIGSTOP this process after step N (frozen: a hung host)
   nan_at_step=N           a NaN in every pixel of batch N (through the PCA shift)
   term_at_step=N          SIGTERM to this process while step N runs
-  int_at_step=N           SIGINT likewise
+  int_at_step=N           SIGINT likewise (hup_, quit_, usr1_, usr2_, xcpu_at_step: SIGHUP ...)
   int_twice_at_step=N     two SIGINTs while step N runs
   term_after_save=N       SIGTERM right after the asynchronous save of step N has started
   int_after_save=N        SIGINT likewise
@@ -38,6 +38,7 @@ import launch
 flags.DEFINE_string('faults', '', 'Comma-separated name=step faults to inject.')
 
 FILLER = 'disk_filler'
+SIGNALS = ('term', 'int', 'hup', 'quit', 'usr1', 'usr2', 'xcpu')  # <name>_at_step=N
 
 
 def fill_disk(directory: str, leave: int = 32 << 10) -> None:
@@ -121,9 +122,10 @@ def make_hooks():
     def before_step(self, step, images, labels):
       if fault('nan_at_step', step):
         images = dict(images, shift=images['shift'] * jnp.nan)
-      if fault('term_at_step', step):
-        os.kill(os.getpid(), signal.SIGTERM)
-      if fault('int_at_step', step) or fault('int_twice_at_step', step):
+      for name in SIGNALS:
+        if fault(f'{name}_at_step', step):
+          os.kill(os.getpid(), signal.Signals[f'SIG{name.upper()}'])
+      if fault('int_twice_at_step', step):
         os.kill(os.getpid(), signal.SIGINT)
       if fault('int_twice_at_step', step):
         os.kill(os.getpid(), signal.SIGINT)

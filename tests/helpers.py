@@ -233,11 +233,11 @@ def make_folder(root) -> dict[str, bytes]:
   return written
 
 
-def make_small_folder(root, train=24, test=8):
+def make_small_folder(root, train=24, test=8, classes=('left', 'right')):
   """Two classes cut from the two halves of a real photograph, 60x44 JPEGs."""
   source = photo()
   for split, n in (('train', train), ('test', test)):
-    for k, cls in enumerate(('left', 'right')):
+    for k, cls in enumerate(classes):
       (root / split / cls).mkdir(parents=True)
       for i in range(n):
         x = (0 if k == 0 else source.size[0] // 2) + 7 * i

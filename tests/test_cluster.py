@@ -94,18 +94,51 @@ def test_a_lost_process_ends_the_others_in_one_line_and_the_rerun_is_bitwise(
   rerun_is_bitwise(xla_cache, workdir, two_process_reference, workdir / 'checkpoints' / str(last))
 
 
+SLURM_STEP = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': '127.0.0.1', 'SLURM_NTASKS': '2',
+              'SLURM_PROCID': '1', 'SLURM_LOCALID': '0', 'SLURM_STEP_NUM_NODES': '1'}
+
+
 @pytest.mark.slow
-def test_a_detected_cluster_that_cannot_be_joined_fails_in_one_sentence(tmp_path):
-  """A SLURM step of 2 tasks whose coordinator never answers: one sentence, not a run of
-  one process on the whole batch; outside a cluster the same command trains alone."""
-  slurm = {'SLURM_JOB_ID': '7', 'SLURM_STEP_NODELIST': '127.0.0.1', 'SLURM_NTASKS': '2',
-           'SLURM_PROCID': '1', 'SLURM_LOCALID': '0', 'SLURM_STEP_NUM_NODES': '1',
-           'JAX_COORDINATOR_PORT': str(helpers.free_port())}
+@pytest.mark.parametrize('case', ['slurm_step', 'slurm_batch_script', 'open_mpi_5'])
+def test_a_cluster_that_cannot_be_joined_fails_in_one_sentence(tmp_path, case):
+  """A job of several processes that JAX cannot join is one sentence, not a run of one
+  process on the whole batch: a SLURM step of 2 tasks whose coordinator never answers (a
+  short initialization timeout), `python launch.py` run in an sbatch script of 2 tasks
+  without srun (no step for JAX to detect), and an Open MPI 5 world of 2 ranks (which
+  JAX's detection does not know). With distributed.auto_detect=False the same command
+  trains as one process."""
+  env = {'slurm_step': dict(SLURM_STEP, JAX_COORDINATOR_PORT=str(helpers.free_port())),
+         'slurm_batch_script': {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '2', 'SLURM_NODELIST':
+                                'localhost'},
+         'open_mpi_5': {'OMPI_COMM_WORLD_SIZE': '2', 'OMPI_COMM_WORLD_RANK': '1',
+                        'OMPI_COMM_WORLD_LOCAL_RANK': '1'}}[case]
   overrides = [*helpers.SMALL_MODEL, '--config.num_train_steps=1',
                '--config.distributed.initialization_timeout_seconds=3']
-  error = one_error_line(helpers.launch(tmp_path / 'run', *overrides, env=slurm))
-  assert 'JAX detected a Slurm cluster but joining its processes failed' in error, error
-  assert 'distributed.auto_detect=False' in error and not (tmp_path / 'run').exists()
-  alone = helpers.launch(tmp_path / 'run', *overrides, '--config.distributed.auto_detect=False',
-                         env=slurm)
-  assert alone.returncode == 0, alone.stderr[-3000:]
+  error = one_error_line(helpers.launch(tmp_path / 'run', *overrides, env=env))
+  job = {'slurm_step': 'a SLURM job of 2 processes (SLURM_JOB_ID=7, SLURM_NTASKS=2',
+         'slurm_batch_script': 'a SLURM job of 2 processes (SLURM_JOB_ID=7, SLURM_NTASKS=2)',
+         'open_mpi_5': 'an Open MPI job of 2 processes (OMPI_COMM_WORLD_SIZE=2'}[case]
+  assert error.startswith(f'error: This is {job}') and 'could not join' in error, error
+  assert 'start every process with' in error and 'distributed.auto_detect=False' in error
+  assert not (tmp_path / 'run').exists()
+  if case == 'slurm_step':
+    alone = helpers.launch(tmp_path / 'run', *overrides,
+                           '--config.distributed.auto_detect=False', env=env)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+
+@pytest.mark.parametrize('env,scheduler,processes', [
+    ({}, None, None),
+    ({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}, None, None),  # one task: one process
+    (SLURM_STEP, 'SLURM', 2),
+    ({'OMPI_COMM_WORLD_SIZE': '4'}, 'Open MPI', 4),
+    ({'PMI_SIZE': '3', 'PMI_RANK': '0'}, 'MPI (MPICH, Intel MPI)', 3),
+    ({'JOB_COMPLETION_INDEX': '0'}, None, None),  # the first pod of a Job of any size
+    ({'JOB_COMPLETION_INDEX': '2'}, 'Kubernetes indexed Job', None),
+    ({'TPU_WORKER_HOSTNAMES': 'a,b'}, 'Cloud TPU', 2),
+])
+def test_cluster_evidence_reads_the_schedulers_variables(env, scheduler, processes):
+  from alexnet_jax.parallel import cluster
+  found = cluster.cluster_evidence(env)
+  assert (found and (found.scheduler, found.processes)) == (
+      scheduler and (scheduler, processes))

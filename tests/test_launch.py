@@ -3,6 +3,7 @@ source (Fashion-MNIST, an image folder, imagenet2012's tars), eval and predict."
 
 import json
 import math
+import re
 import subprocess
 import sys
 import types
@@ -55,6 +56,8 @@ def test_synthetic_224_records_the_papers_parameter_count(tmp_path):
   run = json.loads((tmp_path / 'run.json').read_text())
   assert run['num_params'] == 60_965_224
   assert run['config']['data']['image_size'] == 224
+  assert ('Data: random images generated in memory from seed 0: 8 train / 4 validation '
+          'images, 1000 classes.') in result.stderr
 
 
 @pytest.mark.slow
@@ -64,6 +67,13 @@ def test_fashion_mnist_trains_and_logs(tmp_path):
                   f'--config.data.manual_dir={sources.EMBEDDED_FASHION_MNIST}',
                   f'--config.data.data_dir={tmp_path / "tfds"}')
   assert result.returncode == 0, result.stderr[-3000:]
+  # The data the run reads, in one line.
+  embedded = sources.EMBEDDED_FASHION_MNIST
+  line = next(l for l in result.stderr.splitlines() if 'Data: ' in l)
+  assert re.search(
+      rf'Data: Fashion-MNIST from {embedded} \(the subset embedded in this repository\), '
+      rf'prepared in {tmp_path}/tfds/\S+: 10,000 train / 2,000 test images, 10 classes\.$',
+      line), line
   workdir = tmp_path / 'run'
   records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
   train_keys = {'step', 'train/loss', 'train/top1', 'train/top5', 'lr', 'images_per_sec'}
@@ -102,7 +112,9 @@ def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
   at 36x36, random 32 crops, reflections, PCA lighting, per-pixel mean, decode in a grain
   worker process with 2 threads), then --mode=eval (centre and 10-crop) and --mode=predict;
   then the stored images again, as any tfds dataset is read: by name from data_dir."""
-  helpers.make_small_folder(tmp_path / 'images')
+  # Class names in other scripts: printed as their letters, not as \u escapes.
+  left, right = 'кошка', '日本'
+  helpers.make_small_folder(tmp_path / 'images', classes=(left, right))
   common = [f'--config.data.folder={tmp_path / "images"}',
             f'--config.data.data_dir={tmp_path / "tfds"}', '--config.batch_size=16',
             '--config.eval_batch_size=16', '--config.min_train_steps=0']
@@ -121,15 +133,17 @@ def test_launch_trains_evaluates_and_predicts_from_an_image_folder(tmp_path):
   out = json.loads(result.stdout.split('eval: ', 1)[1])
   assert out['step'] == 6 and 0 <= out['ten_crop/top1'] <= 1
   assert np.isfinite(out['ten_crop/loss']) and out['ten_crop/loss'] != out['centre/loss']
-  image = tmp_path / 'images' / 'test' / 'right' / '3.jpg'
+  image = tmp_path / 'images' / 'test' / right / '3.jpg'
   result = launch('configs/image_folder.py', tmp_path / 'run', *common,
                               '--mode=predict', f'--images={image}')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert 'left' in result.stdout and 'right' in result.stdout
+  assert f'"class": "{left}", "name": "{left}"' in result.stdout, result.stdout
+  assert f'"class": "{right}", "name": "{right}"' in result.stdout, result.stdout
+  assert '\\u' not in result.stdout, result.stdout
   # Any tfds dataset prepared in data_dir, by name: here the 36x36 images stored above.
   stored = [p.name for p in (tmp_path / 'tfds' / 'prepared_images').iterdir()]
   assert len(stored) == 1
-  result = launch('configs/image_folder.py', tmp_path / 'by_name', *common,
+  result = launch('configs/image_folder.py', tmp_path / 'by_name', *common[1:],
                               f'--config.dataset=prepared_images/{stored[0]}',
                               '--config.data.prepare_once=False', '--config.num_train_steps=2')
   assert result.returncode == 0, result.stderr[-3000:]
@@ -159,8 +173,8 @@ def test_predict_gives_the_classes_that_eval_scores(tmp_path):
   assert [p['image'] for p in predicted] == [str(f) for f in files]
   hits, losses = [], []
   for path, p in zip(files, predicted):
-    probabilities = dict(p['top'])  # two classes: both are in the top 5
-    hits.append(p['top'][0][0] == path.parent.name)
+    probabilities = {t['class']: t['probability'] for t in p['top']}  # both classes
+    hits.append(p['top'][0]['class'] == path.parent.name)
     losses.append(-math.log(probabilities[path.parent.name]))
   assert scored['centre/images'] == len(files) == 16
   assert np.mean(hits) == scored['centre/top1']

@@ -243,8 +243,9 @@ def test_predict_prints_the_top5_classes(xla_cache, run, tmp_path):
          if l.startswith('predict: ')]
   assert [o['image'] for o in out] == [str(p) for p in paths]
   for o in out:
-    names = [n for n, _ in o['top']]
-    probs = [p for _, p in o['top']]
+    names = [t['class'] for t in o['top']]
+    assert names == [t['name'] for t in o['top']]  # synthetic classes: their numbers
+    probs = [t['probability'] for t in o['top']]
     assert o['step'] == 6 and len(names) == 5 and set(names) <= {str(i) for i in range(10)}
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
   bad = launch(xla_cache, run, *RUN, '--mode=predict', f'--images={tmp_path / "nope.png"}')

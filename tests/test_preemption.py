@@ -1,10 +1,12 @@
-"""Runs that survive real clusters, tried from outside as a user meets them: SIGTERM and
-SIGINT, two runs on one workdir, a full disk, read-only workdirs, a step directory turned
-into a link loop, reruns and their run.json. Runs of several processes: test_cluster.py."""
+"""Runs that survive real clusters, tried from outside as a user meets them: the signals that
+end a job (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1; config.stop_signals), two runs on one
+workdir, a full disk, read-only workdirs, a step directory turned into a link loop, reruns and
+their run.json. Runs of several processes: test_cluster.py."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -48,11 +50,12 @@ def stopped_line(result, code=75):
   return lines[0]
 
 
-# ---- SIGTERM and SIGINT ------------------------------------------------------------------
+# ---- the signals that end a job (config.stop_signals) ------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('fault,stop_step', [('term_at_step=3', 3), ('int_at_step=6', 6),
+                                             ('hup_at_step=5', 5),
                                              ('term_after_save=4', 4),
                                              ('int_after_save=4', 4)])
 def test_a_signal_saves_the_current_step_and_the_rerun_is_bitwise(xla_cache, reference,
@@ -60,7 +63,7 @@ def test_a_signal_saves_the_current_step_and_the_rerun_is_bitwise(xla_cache, ref
   workdir = tmp_path / 'run'
   result = launch(xla_cache, workdir, *RUN, faults=fault)
   line = stopped_line(result)
-  signal_name = 'SIGTERM' if fault.startswith('term') else 'SIGINT'
+  signal_name = 'SIG' + fault.split('_')[0].upper()
   assert f'{signal_name} after step {stop_step} of 8' in line, line
   assert f'{workdir}/checkpoints/{stop_step} is written' in line, line
   assert stop_step in steps_on_disk(workdir)
@@ -73,6 +76,34 @@ def test_a_signal_saves_the_current_step_and_the_rerun_is_bitwise(xla_cache, ref
   assert steps == sorted(set(steps)) and steps[-1] == 8  # no step twice
   assert [r['eval/loss'] for r in records(workdir, 'eval/loss')] == [
       r['eval/loss'] for r in records(reference, 'eval/loss')]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['QUIT', 'USR1'])
+def test_every_default_stop_signal_saves_the_current_step(xla_cache, tmp_path, name):
+  """SIGQUIT (Ctrl-\\) and SIGUSR1 (sbatch --signal=USR1@120) as SIGTERM: a checkpoint of the
+  step they arrive in and exit 75 (SIGTERM, SIGINT and SIGHUP, with the rerun: above)."""
+  workdir = tmp_path / 'run'
+  line = stopped_line(launch(xla_cache, workdir, *RUN, faults=f'{name.lower()}_at_step=3'))
+  assert f'SIG{name} after step 3 of 8' in line and f'{workdir}/checkpoints/3 is written' in line
+  assert steps_on_disk(workdir) == [3]
+
+
+@pytest.mark.slow
+def test_stop_signals_chooses_the_signals(xla_cache, tmp_path):
+  """A signal added to stop_signals stops the run as SIGTERM does; one left out keeps its
+  default action (SIGHUP ends the process at once); a name that is no such signal is refused
+  before anything starts."""
+  workdir = tmp_path / 'run'
+  only = "--config.stop_signals=('SIGTERM','SIGUSR2')"
+  line = stopped_line(launch(xla_cache, workdir, *RUN, only, faults='usr2_at_step=3'))
+  assert 'SIGUSR2 after step 3 of 8' in line, line
+  result = launch(xla_cache, tmp_path / 'hup', *RUN, only, faults='hup_at_step=3')
+  assert result.returncode == -signal.SIGHUP, result.stderr[-3000:]
+  error = one_error_line(launch(xla_cache, tmp_path / 'bad', *RUN,
+                                "--config.stop_signals=('SIGTERM','SIGKIL')"))
+  assert "stop_signals: 'SIGKIL' is not one of SIGTERM, SIGINT" in error, error
+  assert not (tmp_path / 'bad').exists()
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """Meshes on 8 CPU devices: same losses everywhere, the paper's traffic, memory per device."""
 
+import functools
 import json
 import os
 import socket
@@ -27,10 +28,10 @@ def layout_for(parallelism, data, model_):
                          parallelism)
 
 
-def five_step_losses(layout, spec=SMALL, batch=16):
+def five_step_losses(layout, spec=SMALL, batch=16, num_steps=5):
   rng = np.random.default_rng(0)
-  images = rng.normal(0, 60, (5, batch, spec.image_size, spec.image_size, spec.in_channels))
-  labels = rng.integers(0, spec.num_classes, (5, batch))
+  images = rng.normal(0, 60, (num_steps, batch, spec.image_size, spec.image_size, spec.in_channels))
+  labels = rng.integers(0, spec.num_classes, (num_steps, batch))
   tx = optimizer.paper_momentum(0.01)
   state = steps.create_train_state(jax.random.key(0), spec, tx, layout)
   train_step = steps.make_train_step(spec, layout, tx, batch)
@@ -94,9 +95,9 @@ def test_uint8_batches_normalised_on_device_give_the_same_losses_on_every_mesh()
       out.append(float(metrics['loss']))
     return np.array(out)
 
-  expected = losses(layout_for('towers', 1, 1), on_device=False)
+  on_host = losses(layout_for('towers', 1, 1), on_device=False)
   for mode, d, m in [('towers', 1, 1), ('towers', 4, 2), ('data', 8, 1), ('hybrid', 4, 2)]:
-    np.testing.assert_allclose(losses(layout_for(mode, d, m), True), expected, rtol=1e-5,
+    np.testing.assert_allclose(losses(layout_for(mode, d, m), True), on_host, rtol=1e-5,
                                err_msg=f'{mode} {d}x{m}')
 
 
@@ -185,7 +186,7 @@ def test_towers_halves_parameter_and_optimizer_memory():
 @pytest.mark.parametrize('args,message', [
     ((8, 3, 2, 'towers', 2), 'needs 6 devices but 8'),
     ((8, -1, 3, 'towers', 2), 'does not divide the 8 devices'),
-    ((8, 2, 4, 'towers', 2), 'does not divide network.num_towers=2'),
+    ((8, 2, 4, 'towers', 2), 'does not divide model.num_towers=2'),
     ((8, -1, -1, 'towers', 2), 'Only one of'),
     ((8, -1, 0, 'pipeline', 2), "parallelism='pipeline'"),
 ])
@@ -199,6 +200,77 @@ def test_mesh_defaults():
   assert sharding.mesh_shape(1, -1, 0, 'towers', 2) == (1, 1)
   assert sharding.mesh_shape(8, -1, 0, 'data', 2) == (8, 1)
   assert sharding.mesh_shape(8, 8, -1, 'data', 2) == (8, 1)
+
+
+# The default mesh (mesh.data=-1, mesh.model=0) on the first n of 8 devices, worked out by
+# hand: towers over pairs where n is even, else both towers on every device; on the most
+# devices the paper's batch sizes (128, 256) split over.
+DEFAULT_MESHES = {  # n: {parallelism: (data, model, devices used)}
+    1: {'towers': (1, 1, 1), 'data': (1, 1, 1), 'hybrid': (1, 1, 1)},
+    2: {'towers': (1, 2, 2), 'data': (2, 1, 2), 'hybrid': (1, 2, 2)},
+    3: {'towers': (1, 2, 2), 'data': (2, 1, 2), 'hybrid': (1, 2, 2)},
+    4: {'towers': (2, 2, 4), 'data': (4, 1, 4), 'hybrid': (2, 2, 4)},
+    5: {'towers': (2, 2, 4), 'data': (4, 1, 4), 'hybrid': (2, 2, 4)},
+    6: {'towers': (2, 2, 4), 'data': (4, 1, 4), 'hybrid': (2, 2, 4)},
+    7: {'towers': (2, 2, 4), 'data': (4, 1, 4), 'hybrid': (2, 2, 4)},
+    8: {'towers': (4, 2, 8), 'data': (8, 1, 8), 'hybrid': (4, 2, 8)},
+}
+
+
+@pytest.mark.parametrize('n', range(1, 9))
+def test_the_default_mesh_runs_on_any_device_count(n, caplog):
+  """On n devices the paper's config gets the mesh of the table above, and says so in one
+  line where it departs from towers over pairs of all n."""
+  import logging
+
+  from alexnet_jax.train import run_setup
+  from configs import alexnet
+  config = alexnet.get_config()
+  for parallelism, (data, model_, used) in DEFAULT_MESHES[n].items():
+    config.parallelism = parallelism
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+      layout = run_setup.build_layout(config, jax.devices()[:n])
+    assert (layout.num_data, layout.num_model, layout.mesh.devices.size) == (data, model_, used)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith('Mesh ')]
+    departs = used < n or (parallelism != 'data' and used > 1 and model_ == 1)
+    assert len(lines) == departs, lines
+
+
+@functools.cache
+def one_device_step(batch):
+  losses, state = five_step_losses(layout_for('towers', 1, 1), batch=batch, num_steps=1)
+  return losses, jax.tree.leaves(host_state(state))
+
+
+@pytest.mark.parametrize('n', [3, 6, pytest.param(5, marks=pytest.mark.exhaustive),
+                               pytest.param(7, marks=pytest.mark.exhaustive)])
+def test_the_default_mesh_trains_on_odd_device_counts_like_one_device(n):
+  """A batch that splits over n devices trains on all n with the default mesh, towers over
+  pairs where n is even, both towers on every device where it is odd: the one-device run's
+  loss and parameters after a step (2, 4 and 8 devices:
+  test_same_losses_and_states_on_every_mesh)."""
+  from alexnet_jax.train import run_setup
+  from configs import alexnet
+  batch = 12 if n in (3, 6) else 4 * n  # 12: one reference for both
+  config = alexnet.get_config()
+  config.batch_size = config.eval_batch_size = batch
+  layout = run_setup.build_layout(config, jax.devices()[:n])
+  assert layout.mesh.devices.size == n and layout.num_model == (2 if n % 2 == 0 else 1)
+  losses, state = five_step_losses(layout, batch=batch, num_steps=1)
+  reference, first = one_device_step(batch)
+  np.testing.assert_allclose(losses, reference, rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(host_state(state)), first):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_an_explicit_mesh_model_keeps_its_sentence():
+  from alexnet_jax.train import run_setup
+  from configs import alexnet
+  config = alexnet.get_config()
+  config.mesh.model = 2
+  with pytest.raises(ValueError, match='^mesh.model=2 does not divide the 3 devices.$'):
+    run_setup.build_layout(config, jax.devices()[:3])
 
 
 def test_batch_must_divide_the_data_axis():

@@ -19,7 +19,7 @@ NOT_COMPARED = ('mesh.', 'parallelism', 'model.conv1_impl', 'model.conv1_input',
                 'num_epochs', 'num_train_steps', 'min_train_steps', 'peak_flops_per_device',
                 'start_fresh_if_damaged', 'allow_no_file_locks', 'profile.', 'data.threads',
                 'data.processes', 'data.prefetch', 'data.max_bad_records', 'init_from',
-                'data.prepare_processes', 'data.keep_originals')
+                'data.prepare_processes', 'data.keep_originals', 'stop_signals')
 
 
 def config_dict(config) -> dict:

@@ -15,10 +15,11 @@ from alexnet_jax.data import config as data_config
 from alexnet_jax.model import config as model_config
 
 
-def restore_params(config, workdir: str, step: int | None = None):
+def restore_params(config, workdir: str, step: int | None = None, reads_data: bool = True):
   """The parameters of the latest (or `step`'s) checkpoint as numpy arrays: (params, meta,
-  inputs), where `inputs['mean']` is the mean training subtracted."""
-  data_config.validate(config)
+  inputs), where `inputs['mean']` is the mean training subtracted. `reads_data=False`: the
+  command reads no dataset, whose paths then need not exist."""
+  data_config.validate(config, paths=reads_data)
   model_config.validate(config)
   spec = model_config.model_spec(config)
   abstract = jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, np.float32),

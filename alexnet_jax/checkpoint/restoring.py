@@ -48,18 +48,23 @@ class Restoring:
             f'{meta.get("step") if isinstance(meta, dict) else meta}')
     except CorruptCheckpointError:
       raise
+    # orbax and tensorstore fail in many types on a damaged file, a lost mount or a bug;
+    # `_judge` tells them apart, and reports what it cannot place with its traceback.
     except Exception as e:  # pylint: disable=broad-except
       self._judge(e, path, 'its meta item is unreadable')
     check_meta(meta, path)
     try:
       items = self.mngr.restore(step, args=ocp.args.Composite(**args))
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except  (as above)
       self._judge(e, path, 'its arrays are unreadable')
     return meta, items
 
   @staticmethod
   def _judge(e: BaseException, path: str, what: str):
     verdict = damage.judge(e, path)
+    if verdict == 'unexpected':  # neither damage nor the machine: maybe a bug, shown whole
+      logging.error('Restoring %s raised an error that shows neither damage nor a failure of '
+                    'the machine; its traceback:', path, exc_info=e)
     if verdict != 'damaged':
       raise damage.read_error(e, path, verdict) from e
     why = damage.inspect(path) or damage.reason(e)

@@ -16,9 +16,10 @@ from alexnet_jax.checkpoint.format import CheckpointSaveError
 from alexnet_jax.checkpoint.format import state_fingerprint
 
 
-def _root_cause(e: BaseException) -> str:
-  """What went wrong, in a few words: the first OSError in the chain of causes (its strerror
-  and file), else the error's own first line; never a traceback."""
+def _machine_cause(e: BaseException) -> str | None:
+  """The failure of the disk or the machine behind `e`, in a few words: the first OSError in
+  the chain of causes (its strerror and file), or an OS error tensorstore names in its own
+  words; None where there is none."""
   seen, cause = set(), e
   while cause is not None and id(cause) not in seen:
     seen.add(id(cause))
@@ -29,7 +30,13 @@ def _root_cause(e: BaseException) -> str:
   for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO):
     if os.strerror(code) in text:  # tensorstore reports OS errors in its own words
       return os.strerror(code)
-  return text.splitlines()[0][:300] if text else type(e).__name__
+  return None
+
+
+def _root_cause(e: BaseException) -> str:
+  """What went wrong, in a few words, never a traceback."""
+  text = str(e)
+  return _machine_cause(e) or (text.splitlines()[0][:300] if text else type(e).__name__)
 
 
 class Saving:
@@ -51,6 +58,8 @@ class Saving:
                                                    meta=ocp.args.JsonSave(meta),
                                                    inputs=ocp.args.StandardSave(inputs)),
                      force=True)
+    # orbax and tensorstore fail in many types on a full disk or a lost mount; `_failed` says
+    # it in one sentence, with the traceback where nothing shows the machine at fault.
     except Exception as e:  # pylint: disable=broad-except
       self._failed(e)
     if self._after_save is not None:
@@ -58,6 +67,9 @@ class Saving:
 
   def _failed(self, e: BaseException):
     step, self._pending = self._pending, None
+    if _machine_cause(e) is None:  # no OS error anywhere: maybe a bug, shown whole
+      logging.error('Saving the checkpoint of step %s raised an error that shows no failure of '
+                    'the disk or the machine; its traceback:', step, exc_info=e)
     good = [s for s in self.steps() if s != step]
     last = f'the last complete checkpoint is {self.path(good[-1])}' if good else (
         'no checkpoint is complete')
@@ -68,7 +80,7 @@ class Saving:
     """Raises CheckpointSaveError if a background save has failed (does not wait)."""
     try:
       self.mngr.check_for_errors()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except  (as in `save`)
       self._failed(e)
 
   def wait(self) -> None:
@@ -76,7 +88,7 @@ class Saving:
     try:
       self.mngr.wait_until_finished()
       self.mngr.check_for_errors()
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except  (as in `save`)
       self._failed(e)
     self._pending = None
 

@@ -221,7 +221,7 @@ class RunRecord:
     tmp = self.path + '.tmp'
     try:
       with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(self.record, f, indent=2)
+        json.dump(self.record, f, indent=2, ensure_ascii=False)
       os.replace(tmp, self.path)
     except OSError as e:
       raise ConfigError(f'Cannot write {self.path} ({e.strerror}).') from e

@@ -35,6 +35,7 @@ class DataInfo:
   num_train: int
   num_eval: int
   class_names: tuple[str, ...]
+  source: str = ''  # where the images come from (`provenance.describe`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +111,7 @@ def prefetch(iterator, size: int):
         if not put(item):
           return
       put(done)
-    except BaseException as e:  # pylint: disable=broad-except
+    except BaseException as e:  # pylint: disable=broad-except  (raised, whole, by the reader)
       put(e)
     finally:
       close = getattr(iterator, 'close', None)

@@ -16,9 +16,11 @@ from alexnet_jax.errors import one_of
 from alexnet_jax.errors import require
 
 
-def validate(config) -> None:
-  """Fails in one sentence on a data field that cannot work (nothing is read)."""
-  _validate_paths(config)
+def validate(config, paths: bool = True) -> None:
+  """Fails in one sentence on a data field that cannot work (nothing is read); `paths=False`
+  for a command that reads no data (predictions)."""
+  if paths:
+    _validate_paths(config)
   d = config.data
   require(d.max_bad_records >= -1,
           f'data.max_bad_records={d.max_bad_records} must be -1 (any) or more.')
@@ -82,9 +84,6 @@ def validate(config) -> None:
   require(1 <= d.storage_quality <= 100,
           f'data.storage_quality={d.storage_quality} must be a JPEG quality, 1 to 100.')
   require(decoders.unavailable(d.decoder) is None, decoders.unavailable(d.decoder) or '')
-  require(not d.statistics or os.path.isfile(os.path.expanduser(d.statistics)),
-          f'data.statistics={d.statistics} is not a file (write one with '
-          '`python -m scripts.compute_pixel_statistics`).')
   require(not reading.needs_statistics(d) or d.prepared_size or d.statistics,
           f'data.mean={d.mean!r}, data.std={d.std!r} or data.pca=statistics needs images of '
           'one size: set data.prepared_size, or data.mean=none and data.std=none with '
@@ -92,30 +91,43 @@ def validate(config) -> None:
 
 
 def _validate_paths(config) -> None:
-  """Directories the config names: an empty one (an unset shell variable) would mean the
-  current directory, and a data_dir that is a file cannot hold datasets."""
+  """The paths the config names, before anything is read or written: a path the user gave is
+  the one used, or the run stops in one sentence (a mistyped data.manual_dir once trained on
+  the embedded data without a word). An empty one (an unset shell variable) would mean the
+  current directory."""
   d = config.data
   for name in ('data_dir', 'manual_dir', 'folder'):
     value = d[name]
     require(value is None or value.strip() != '',
             f'data.{name} is empty (an unset shell variable?); name a directory, or leave '
             'the field out.')
+  if d.manual_dir:
+    require(config.dataset not in ('synthetic', 'image_folder'),
+            f'data.manual_dir={d.manual_dir} is not read with dataset={config.dataset} '
+            f'(data.folder is, for image_folder); leave it out.')
+    require(os.path.isdir(os.path.expanduser(d.manual_dir)),
+            f'data.manual_dir={d.manual_dir} is not a directory; name the directory that holds '
+            'the dataset\'s files.')
+  if d.folder:
+    require(config.dataset == 'image_folder',
+            f'data.folder={d.folder} is read only with dataset=image_folder, not '
+            f'dataset={config.dataset}; leave it out, or use configs/image_folder.py.')
+    require(os.path.isdir(os.path.expanduser(d.folder)),
+            f'data.folder={d.folder} is not a directory; name the folder of '
+            '<split>/<class>/<image> files.')
   if d.data_dir:
-    path = os.path.expanduser(d.data_dir)
+    path = os.path.abspath(os.path.expanduser(d.data_dir))
     require(not os.path.exists(path) or os.path.isdir(path),
             f'data.data_dir={d.data_dir} is a file, not a directory of datasets.')
-
-
-def _validate_paths(config) -> None:
-  """Directories the config names: an empty one (an unset shell variable) would mean the
-  current directory, and a data_dir that is a file cannot hold datasets."""
-  d = config.data
-  for name in ('data_dir', 'manual_dir', 'folder'):
-    value = d[name]
-    require(value is None or value.strip() != '',
-            f'data.{name} is empty (an unset shell variable?); name a directory, or leave '
-            'the field out.')
-  if d.data_dir:
-    path = os.path.expanduser(d.data_dir)
-    require(not os.path.exists(path) or os.path.isdir(path),
-            f'data.data_dir={d.data_dir} is a file, not a directory of datasets.')
+    parent = path
+    while not os.path.exists(parent):
+      parent = os.path.dirname(parent)
+    require(parent == path or (os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK)),
+            f'data.data_dir={d.data_dir} does not exist and cannot be created ({parent} is not '
+            'a writable directory); name a directory that exists or can be made.')
+  if d.statistics:
+    require(d.pipeline == 'stream', f'data.statistics={d.statistics} is read only with '
+            'data.pipeline=stream; leave it out.')
+    require(os.path.isfile(os.path.expanduser(d.statistics)),
+            f'data.statistics={d.statistics} is not a file (write one with '
+            '`python -m scripts.compute_pixel_statistics`).')

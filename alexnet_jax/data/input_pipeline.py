@@ -10,12 +10,18 @@ place (`alexnet_jax.train.run_setup.validate`).
 
 from __future__ import annotations
 
+import logging
+
 from alexnet_jax.data import batching
 from alexnet_jax.data import memory
+from alexnet_jax.data import provenance
 from alexnet_jax.data import reading
 
 PIPELINES = {'memory': memory.load, 'stream': reading.load}
 
 
 def load(config) -> batching.Data:
-  return PIPELINES[config.data.pipeline](config)
+  """The run's data; its source and size logged in one line (`provenance.line`)."""
+  data = PIPELINES[config.data.pipeline](config)
+  logging.info('%s', provenance.line(config, data.info))
+  return data

@@ -15,6 +15,7 @@ import logging
 import numpy as np
 
 from alexnet_jax.data import batching
+from alexnet_jax.data import provenance
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
 from alexnet_jax.model import pixels
@@ -57,9 +58,9 @@ class MemoryLoader(batching.EpochOrder):
     return pixels.pixel_batch(images), self.split.labels[idx], []
 
 
-def load_splits(config) -> tuple[Split, Split, tuple[str, ...]]:
+def load_splits(config) -> tuple[Split, Split, tuple[str, ...], str]:
   """Train and eval splits of `config.dataset` decoded into memory (synthetic data is
-  generated), and the class names."""
+  generated), the class names and where they come from (`provenance.describe`)."""
   d = config.data
   if config.dataset == 'synthetic':
     rng = np.random.default_rng(config.seed)
@@ -67,25 +68,26 @@ def load_splits(config) -> tuple[Split, Split, tuple[str, ...]]:
     make = lambda n: Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
                            rng.integers(0, d.num_classes, (n,), dtype=np.int32))
     train, evals = make(d.synthetic_train_examples), make(d.synthetic_eval_examples)
-    return train, evals, tuple(str(i) for i in range(d.num_classes))
+    return (train, evals, tuple(str(i) for i in range(d.num_classes)),
+            provenance.describe(config))
   builder = sources.process_zero_first(
       lambda: sources.builder_for(config.dataset, d.data_dir, d.manual_dir, d.folder,
                                   (d.train_split, d.eval_split), config.allow_no_file_locks))
   train = Split(*sources.load_arrays(builder, d.train_split))
   evals = Split(*sources.load_arrays(builder, d.eval_split))
-  return train, evals, sources.class_names(builder)
+  return train, evals, sources.class_names(builder), provenance.describe(config, builder)
 
 
 def load(config) -> batching.Data:
   """The memory pipeline of `config` (`input_pipeline.load` with data.pipeline=memory)."""
   d = config.data
-  train, evals, names = load_splits(config)
+  train, evals, names, source = load_splits(config)
   for label in sorted(set(np.unique(evals.labels)) - set(np.unique(train.labels))):
     logging.warning('Class %r has eval images but no training images: the network cannot '
                     'learn it.', names[label] if label < len(names) else label)
   info = batching.DataInfo(num_classes=len(names), image_size=train.images.shape[1],
                            channels=train.images.shape[3], num_train=len(train.labels),
-                           num_eval=len(evals.labels), class_names=names)
+                           num_eval=len(evals.labels), class_names=names, source=source)
   statistics = transforms.PixelStatistics(pca=False)
   statistics.add(train.images)
   pad = d.crop_pad

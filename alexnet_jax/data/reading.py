@@ -32,6 +32,7 @@ import numpy as np
 
 from alexnet_jax.data import batching
 from alexnet_jax.data import imagenet_prep
+from alexnet_jax.data import provenance
 from alexnet_jax.data import shard_writer
 from alexnet_jax.data import sources
 from alexnet_jax.data import stream
@@ -208,7 +209,8 @@ def load(config) -> batching.Data:
   names = sources.class_names(builder)
   info = batching.DataInfo(num_classes=len(names), image_size=d.image_size,
                            channels=d.channels, num_train=len(train_source),
-                           num_eval=len(eval_source), class_names=names)
+                           num_eval=len(eval_source), class_names=names,
+                           source=provenance.describe(config, builder))
   # Evaluation cuts its views on every core too (they are not the training's processes).
   eval_threads = max(how.threads * max(how.processes, 1), 1)
   return batching.Data(

@@ -22,6 +22,7 @@ import gzip
 import logging
 import os
 import pathlib
+import re
 import struct
 
 import numpy as np
@@ -70,9 +71,11 @@ def idx_counts(directory: pathlib.Path) -> dict[str, int]:
 
 
 def find_fashion_mnist_files(manual_dir: str | None) -> pathlib.Path:
-  """The first directory holding the four idx files, or one sentence saying where to put them."""
-  candidates = [pathlib.Path(manual_dir).expanduser()] if manual_dir else []
-  candidates += [DEBIAN_FASHION_MNIST, EMBEDDED_FASHION_MNIST]
+  """The directory holding the four idx files: `manual_dir` where the user gives one (never
+  another in its place), else the first of Debian's and the embedded subset; or one sentence
+  saying where to put them."""
+  candidates = ([pathlib.Path(manual_dir).expanduser()] if manual_dir
+                else [DEBIAN_FASHION_MNIST, EMBEDDED_FASHION_MNIST])
   for d in candidates:
     if all((d / n).is_file() for n in FASHION_MNIST_IDX):
       return d
@@ -253,8 +256,18 @@ def builder_for(name: str, data_dir: str | None, manual_dir: str | None,
     return image_folder_builder(folder, data_dir, splits, allow_no_locks)
   try:
     builder = _construct(tfds.builder, name, data_dir=data_dir)
-  except Exception as e:  # unknown name: tfds lists close matches
-    raise DatasetNotFoundError(f'dataset={name!r} is not a tfds dataset: {e}') from None
+  except tfds.core.DatasetNotFoundError as e:  # an unknown name; tfds names a close match
+    hint = re.search(r'Did you mean: \S+ -> (\S+)', str(e))
+    raise DatasetNotFoundError(
+        f'dataset={name!r} is not a tfds dataset' + (f' (did you mean {hint.group(1)}?)' if hint
+                                                       else '')
+        + '; name one of tfds.list_builders(), or fashion_mnist, imagenet2012, image_folder, '
+        'synthetic.') from None
+  except ValueError as e:  # a name tfds cannot parse; any other ValueError is a bug
+    if not str(e).startswith('Parsing builder name string'):
+      raise
+    raise DatasetNotFoundError(f'dataset={name!r} is not a dataset name (name[/config]'
+                               '[:version]).') from None
   if not builder.is_prepared():
     instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
     where = (f'put its manual-download files in data.manual_dir ({manual_dir or "not set"})'

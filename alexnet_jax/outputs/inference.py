@@ -15,6 +15,7 @@ import numpy as np
 
 from alexnet_jax.checkpoint import checkpointing
 from alexnet_jax.checkpoint.params import restore_params
+from alexnet_jax.data import class_names
 from alexnet_jax.data import geometry
 from alexnet_jax.data import input_pipeline
 from alexnet_jax.data import transforms
@@ -48,7 +49,8 @@ def figures_for_checkpoint(config, workdir: str, step: int | None = None,
   mean, scale = checkpointing.normalisation(meta, inputs)
   paths += figure4.save(
       jax.tree.map(jnp.asarray, params), model_config.model_spec(config),
-      input_pipeline.load(config), mean, scale, meta['class_names'], out_dir,
+      input_pipeline.load(config), mean, scale,
+      class_names.readable(meta['class_names'], meta.get(class_names.META_KEY)), out_dir,
       int(meta['step']), compute_dtype=model_config.compute_dtype(config))
   return paths + ([curves] if curves else [])
 
@@ -64,14 +66,14 @@ def load_image(path: str):
 
 def predict(config, workdir: str, paths: list[str], step: int | None = None,
             top: int = 5) -> list[dict]:
-  """Classifies image files with a checkpoint: for each, the `top` class names and
-  probabilities. Each image gets the eval split's centre view (the image prepared as the
-  stored ones, `data.prepared_geometry`, then the central crop), normalised exactly as in
-  training, with the mean the checkpoint carries."""
+  """Classifies image files with a checkpoint: for each, the `top` classes (the label and a
+  readable name, `class_names.readable`) and probabilities. Each image gets the eval split's
+  centre view (the image prepared as the stored ones, `data.prepared_geometry`, then the
+  central crop), normalised exactly as in training, with the mean the checkpoint carries."""
   if not paths:
     raise ConfigError('--images names no image files.')
   pil_images = [load_image(p) for p in paths]
-  params, meta, inputs = restore_params(config, workdir, step)
+  params, meta, inputs = restore_params(config, workdir, step, reads_data=False)
   mean, scale = checkpointing.normalisation(meta, inputs)
   d = config.data
   size = d.prepared_size or (mean.shape[0] if mean.ndim == 3 else d.image_size)
@@ -88,10 +90,12 @@ def predict(config, workdir: str, paths: list[str], step: int | None = None,
     return jax.nn.softmax(logits.astype(jnp.float32))
 
   probs = np.asarray(probabilities(params, images))
-  names = meta['class_names']
+  labels = meta['class_names']
+  names = class_names.readable(labels, meta.get(class_names.META_KEY))
   results = []
   for path, p in zip(paths, probs):
     best = np.argsort(-p)[:min(top, len(p))]
     results.append({'image': path, 'step': int(meta['step']),
-                    'top': [[names[i], float(p[i])] for i in best]})
+                    'top': [{'class': labels[i], 'name': names[i], 'probability': float(p[i])}
+                            for i in best]})
   return results

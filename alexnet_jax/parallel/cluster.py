@@ -1,11 +1,14 @@
 """Several processes of one run: joining them (`jax.distributed`), and failing cleanly when one
 of them is lost.
 
-Joining (`join`). With `distributed.coordinator_address` the processes join there; otherwise
-JAX's own cluster detection (SLURM, Open MPI, Kubernetes, Cloud TPU) decides. Where it finds a
-cluster and joining fails (a bad coordinator, a node that never came up), the run stops in one
-sentence: training on as a single process would quietly train every process alone on the
-whole batch. Only where no cluster is detected is a run one silent process.
+Joining (`join`). With `distributed.coordinator_address` the processes join there. Otherwise,
+where the scheduler's variables say the job has several processes (`cluster_evidence`:
+SLURM_NTASKS, OMPI_COMM_WORLD_SIZE, ...), JAX's own cluster detection joins them
+(`jax.distributed.initialize()` without arguments: SLURM, Open MPI, Kubernetes, Cloud TPU).
+Where it cannot (a bad coordinator, a node that never came up, a launcher JAX does not know,
+a release of JAX that detects differently), the run stops in one sentence: training on as a
+single process would quietly train every process alone on the whole batch. Only where no
+variable says there are several processes is a run one process.
 
 Losing a process. JAX's coordination service takes a process that sends no heartbeat for
 `distributed.heartbeat_timeout_seconds` as lost (SIGKILLed, frozen by SIGSTOP or a hung
@@ -26,6 +29,7 @@ heartbeat times out) waits for the service's verdict instead of printing a trace
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import re
 import select
@@ -38,8 +42,9 @@ from alexnet_jax.errors import UserError
 
 EXIT_CODE = 69  # EX_UNAVAILABLE: a process of the run was lost; rerun every process
 SUPERVISED_ENV = 'ALEXNET_JAX_SUPERVISED'
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
-                     signal.SIGUSR2)
+# Every signal a run may stop at (config.stop_signals, alexnet_jax/train/interrupts.py).
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU)
 HOLD_SECONDS = 3.0  # how long native coordination messages wait for a fatal line to follow
 _PR_SET_PDEATHSIG = 1
 
@@ -51,22 +56,54 @@ class ClusterError(UserError):
 # ---- joining --------------------------------------------------------------------------------
 
 
-def detected_clusters() -> list[str]:
-  """Names of the cluster environments JAX's `jax.distributed.initialize()` would detect
-  here, in its order (its private registry; empty where that is missing)."""
+@dataclasses.dataclass(frozen=True)
+class Evidence:
+  """A job of several processes, as its scheduler's variables say (`cluster_evidence`)."""
+  scheduler: str
+  processes: int | None  # how many, where the variables say
+  variables: str  # the variables that say so, as NAME=value
+  launcher: str  # what starts every process of it
+
+
+def _count(env, name: str) -> int:
   try:
-    from jax._src import clusters
-    types = clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
-  except (ImportError, AttributeError):
-    return []
-  return [env.__name__ for env in types
-          if not getattr(env, 'opt_in_only_method', False) and env.is_env_present()]
+    return int(env.get(name, ''))
+  except ValueError:
+    return 0
+
+
+def cluster_evidence(env=None) -> Evidence | None:
+  """A job of several processes, read from the variables schedulers set (not from JAX's
+  private cluster registry): a SLURM job or step of several tasks, an Open MPI or MPICH world
+  of several ranks, a pod of an indexed Kubernetes Job other than the first, a Cloud TPU
+  slice of several hosts. None: one process, as far as anything here says."""
+  env = os.environ if env is None else env
+  tasks = _count(env, 'SLURM_NTASKS') or _count(env, 'SLURM_STEP_NUM_TASKS')  # as JAX reads
+  if env.get('SLURM_JOB_ID') and tasks > 1:
+    shown = ('SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_PROCID', 'SLURM_STEP_NODELIST')
+    return Evidence('SLURM', tasks, _shown(env, shown), 'srun')
+  for scheduler, size, rank, launcher in (
+      ('Open MPI', 'OMPI_COMM_WORLD_SIZE', 'OMPI_COMM_WORLD_RANK', 'mpirun'),
+      ('MPI (MPICH, Intel MPI)', 'PMI_SIZE', 'PMI_RANK', 'mpiexec')):
+    if _count(env, size) > 1:
+      return Evidence(scheduler, _count(env, size), _shown(env, (size, rank)), launcher)
+  if _count(env, 'JOB_COMPLETION_INDEX') > 0:
+    return Evidence('Kubernetes indexed Job', None, _shown(env, ('JOB_COMPLETION_INDEX',)),
+                    'the Job (or JobSet) with completionMode: Indexed')
+  hosts = [h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]
+  if len(hosts) > 1:
+    return Evidence('Cloud TPU', len(hosts), _shown(env, ('TPU_WORKER_HOSTNAMES',)),
+                    'the same command on every host')
+  return None
+
+
+def _shown(env, names) -> str:
+  return ', '.join(f'{n}={env[n]}' for n in names if n in env)
 
 
 def is_multi_process(d) -> bool:
-  """Whether `config.distributed` makes this a run of several processes (or of a detected
-  cluster, which may have one)."""
-  return bool(d.coordinator_address) or (d.auto_detect and bool(detected_clusters()))
+  """Whether `config.distributed` makes this a run of several processes."""
+  return bool(d.coordinator_address) or (d.auto_detect and cluster_evidence() is not None)
 
 
 def _first_sentence(e: BaseException) -> str:
@@ -74,23 +111,31 @@ def _first_sentence(e: BaseException) -> str:
   return re.split(r'(?<=[a-z0-9\)])\. ', text)[0].rstrip('.')[:300]
 
 
-def join_failure(d, cause: str) -> str:
-  """The sentence for processes that could not join (`cause`: what JAX said)."""
+def join_failure(d, cause: str, waited: bool = True) -> str:
+  """The sentence for processes that could not join (`cause`: what JAX said; `waited`: after
+  the initialization timeout)."""
   if d.coordinator_address:
     return (f'Process {d.process_id} of {d.num_processes} could not join the run at '
             f'distributed.coordinator_address={d.coordinator_address} within '
             f'{d.initialization_timeout_seconds} s ({cause}); start every process, process 0 '
             'first, with the same address.')
-  found = detected_clusters() or ['a']
-  return (f'JAX detected a {found[0].replace("Cluster", "")} cluster but joining its processes '
-          f'failed within {d.initialization_timeout_seconds} s ({cause}); check the job\'s nodes '
-          'and coordinator, or set distributed.auto_detect=False to train as one process.')
+  ev = cluster_evidence()
+  job = (f'{"an" if ev.scheduler[0] in "AEIOU" else "a"} {ev.scheduler} job of '
+         f'{ev.processes or "several"} processes ({ev.variables})' if ev else 'a cluster job')
+  how = ev.launcher if ev else "the job's launcher"
+  within = f' within {d.initialization_timeout_seconds} s' if waited else ''
+  return (f'This is {job} but JAX\'s cluster detection could not join its processes{within} '
+          f'({cause}); start every process with {how} '
+          '(or give distributed.coordinator_address, num_processes and process_id), or set '
+          'distributed.auto_detect=False to train as one process.')
 
 
 def join(d) -> None:
-  """jax.distributed from `config.distributed` (module docstring). A failure JAX raises is a
-  ClusterError here; one it aborts on (the coordinator never answers) is the supervisor's
-  to report."""
+  """jax.distributed from `config.distributed` (module docstring): at the coordinator given,
+  or, where `cluster_evidence` finds a job of several processes, by JAX's own cluster
+  detection (`jax.distributed.initialize()` without arguments), checked against the job's
+  process count. A failure JAX raises is a ClusterError here; one it aborts on (the
+  coordinator never answers) is the supervisor's to report."""
   import jax
 
   for name in ('heartbeat_timeout_seconds', 'initialization_timeout_seconds'):
@@ -99,7 +144,8 @@ def join(d) -> None:
   if d.coordinator_address and (d.num_processes < 1 or not 0 <= d.process_id < d.num_processes):
     raise ClusterError('distributed.coordinator_address needs distributed.num_processes (at '
                        'least 1) and distributed.process_id (0 to num_processes - 1).')
-  if not d.coordinator_address and not (d.auto_detect and detected_clusters()):
+  evidence = None if d.coordinator_address or not d.auto_detect else cluster_evidence()
+  if not d.coordinator_address and evidence is None:
     return  # one process
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes
   timeouts = dict(initialization_timeout=d.initialization_timeout_seconds,
@@ -110,8 +156,16 @@ def join(d) -> None:
                                  **timeouts)
     else:
       jax.distributed.initialize(**timeouts)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ClusterError(join_failure(d, _first_sentence(e))) from None
+  # What initialize raises when it finds no cluster, no coordinator, or one that does not
+  # answer in time (JaxRuntimeError is a RuntimeError).
+  except (RuntimeError, ValueError) as e:
+    cause = _first_sentence(e)
+    found = not cause.startswith('coordinator_address should be defined')
+    raise ClusterError(join_failure(
+        d, cause if found else 'it recognised no cluster environment here', found)) from None
+  if evidence is not None and evidence.processes not in (None, jax.process_count()):
+    raise ClusterError(join_failure(d, f'JAX joined {jax.process_count()} processes of '
+                                       f'the {evidence.processes}', False))
 
 
 # ---- losing a process: the child's side --------------------------------------------------------

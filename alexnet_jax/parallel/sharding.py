@@ -26,7 +26,6 @@ about 8% of the step.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -44,17 +43,15 @@ def mesh_shape(num_devices: int, data: int, model: int, parallelism: str,
                num_towers: int) -> tuple[int, int]:
   """Resolves the mesh shape from the config, failing with one clear sentence.
 
-  `model=0` is automatic: towers (or hybrid) over 2 devices when there are at
-  least 2 and they divide the towers, else 1; `data` or `model` = -1 fills with
-  the remaining devices.
+  `model=0` is automatic: towers (or hybrid) over pairs of devices where the devices pair up
+  and the towers do, else 1 (every device computes every tower: data parallel); `data` or
+  `model` = -1 fills with the remaining devices. An explicit `model` is taken as given.
   """
   if parallelism not in PARALLELISM_MODES:
     raise ConfigError(f'parallelism={parallelism!r} is not one of {", ".join(PARALLELISM_MODES)}.')
   if model == 0:
-    if parallelism == 'data' or num_devices < 2 or num_towers % 2:
-      model = 1
-    else:
-      model = 2
+    pairs = parallelism != 'data' and num_towers % 2 == 0 and num_devices % 2 == 0
+    model = 2 if pairs else 1
     if data > 0 and data * model != num_devices and num_devices % data == 0:
       model = num_devices // data
   if data == -1 and model == -1:
@@ -77,6 +74,49 @@ def mesh_shape(num_devices: int, data: int, model: int, parallelism: str,
     raise ConfigError(f'mesh.model={model} does not divide model.num_towers={num_towers}: '
                      'each device must hold whole towers.')
   return data, model
+
+
+def batch_divisor(parallelism: str, data: int, model: int) -> int:
+  """How many shards a batch is split into: over `data` for towers (the devices of a tower
+  pair see the same images), over every device otherwise."""
+  return data if parallelism == 'towers' else data * model
+
+
+@dataclasses.dataclass(frozen=True)
+class DefaultMesh:
+  """The mesh `mesh.data=-1, mesh.model=0` gives on some devices (`default_mesh`)."""
+  data: int
+  model: int
+  devices: int  # the first `devices` of those there are
+  note: str  # why it departs from towers over pairs of all the devices; '' where it does not
+
+
+def default_mesh(num_devices: int, parallelism: str, num_towers: int,
+                 batch_sizes: dict[str, int], may_leave_devices: bool = True) -> DefaultMesh:
+  """The default mesh on any device count: towers over pairs where the devices pair up, else
+  every device computes every tower (data parallel); on the most devices whose batch shards
+  divide every size of `batch_sizes` ({field: size}), unless `may_leave_devices` is False (the
+  devices of several processes: they are all used, and the batch check says what to set)."""
+  counts = range(num_devices, 0, -1) if may_leave_devices else (num_devices,)
+  for n in counts:
+    data, model = mesh_shape(n, -1, 0, parallelism, num_towers)
+    if all(b % batch_divisor(parallelism, data, model) == 0 for b in batch_sizes.values()):
+      break
+  else:
+    n = num_devices
+    data, model = mesh_shape(n, -1, 0, parallelism, num_towers)
+  notes = []
+  split = parallelism != 'data' and num_towers % 2 == 0
+  if split and model == 1 and n > 1:
+    notes.append(f'the {n} devices do not pair up for the {parallelism} split of the towers, '
+                 'so every device computes both towers (data parallel)')
+  if n < num_devices:
+    sizes = ' and '.join(f'{k}={v}' for k, v in batch_sizes.items())
+    shards = batch_divisor(parallelism, *mesh_shape(num_devices, -1, 0, parallelism, num_towers))
+    notes.append(f'{sizes} do not split evenly over more devices, so {num_devices - n} of the '
+                 f'{num_devices} devices stay idle (batch sizes divisible by {shards} use them '
+                 'all)')
+  return DefaultMesh(data, model, n, '; '.join(notes))
 
 
 def make_mesh(data: int, model: int, devices=None) -> jax.sharding.Mesh:
@@ -142,7 +182,7 @@ class Layout:
     return NamedSharding(self.mesh, self.label_spec)
 
   def batch_divisor(self) -> int:
-    return math.prod(self.mesh.shape[a] for a in self.batch_axes)
+    return batch_divisor(self.parallelism, self.num_data, self.num_model)
 
   def check_batch(self, batch_size: int, what: str = 'batch_size') -> None:
     n = self.batch_divisor()

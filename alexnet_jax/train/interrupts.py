@@ -1,15 +1,21 @@
-"""Stopping a training run cleanly on SIGTERM (preemption) and SIGINT (Ctrl-C).
+"""Stopping a training run cleanly on the signals that end a job (`config.stop_signals`).
 
-SLURM, Kubernetes and cloud spot instances send SIGTERM some time before they take a
-machine back. On SIGTERM or a first SIGINT the run finishes the step it is in, writes a
-checkpoint of that step, and exits with `EXIT_CODE` and one line; rerunning the same command
-continues bitwise. A second SIGINT exits at once (exit 130).
+A job ends by more than SIGTERM: SLURM, Kubernetes and cloud spot instances send SIGTERM some
+time before they take a machine back; a closed terminal or a dropped ssh session sends
+SIGHUP; Ctrl-C sends SIGINT and Ctrl-\\ SIGQUIT; schedulers send a chosen signal before the
+time limit (SLURM's `--signal=USR1@120`). torchelastic treats SIGTERM, SIGINT, SIGHUP and
+SIGQUIT alike; here every signal of `stop_signals` (by default those and SIGUSR1) gets the
+same treatment: the run finishes the step it is in, writes a checkpoint of that step, and
+exits with `EXIT_CODE` and one line; rerunning the same command continues bitwise. A
+second SIGINT exits at once (exit 130). A signal left out of `stop_signals` keeps its
+default action (SIGHUP, SIGUSR1: the process ends at once).
 
 On several processes every process must save the same step. JAX's preemption service does
 that: `jax.distributed.initialize` installs its own SIGTERM handler, which notifies the
 coordination service, and `multihost_utils.reached_preemption_sync_point(step)` becomes True
-on every process at the same step (the largest step any process has reached, plus one). A
-SIGINT on one process is turned into a SIGTERM to itself so that it takes the same path.
+on every process at the same step (the largest step any process has reached, plus one). Any
+other stop signal on one process is turned into a SIGTERM to itself so that it takes the
+same path (SIGTERM itself is then always JAX's).
 """
 
 from __future__ import annotations
@@ -21,10 +27,15 @@ import sys
 import jax
 from jax.experimental import multihost_utils
 
+from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import Stopped
 
 EXIT_CODE = Stopped.exit_code  # EX_TEMPFAIL: stopped early, a checkpoint is written; rerun
 SECOND_SIGINT_EXIT_CODE = 130
+# The signals a job can end by that a process may catch (config.stop_signals chooses): SIGXCPU
+# is a CPU-time limit's notice (RLIMIT_CPU, as batch systems set it), SIGUSR1 and SIGUSR2 the
+# usual choice of a scheduler's warning before the time limit.
+STOPPABLE = ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR1', 'SIGUSR2', 'SIGXCPU')
 
 
 class Interrupted(Stopped):
@@ -33,11 +44,24 @@ class Interrupted(Stopped):
   exit_code = EXIT_CODE
 
 
-class StopSignals:
-  """While entered, SIGTERM and SIGINT ask the run to stop after the current step
-  (`should_stop`) instead of killing it."""
+def check_signals(names) -> tuple[signal.Signals, ...]:
+  """The signals of `config.stop_signals` ('SIGTERM', ...), or one sentence naming a wrong
+  one."""
+  if isinstance(names, str):
+    raise ConfigError(f'stop_signals={names!r} must be a tuple of signal names, such as '
+                      "('SIGTERM', 'SIGHUP').")
+  for name in names:
+    if name not in STOPPABLE:
+      raise ConfigError(f'stop_signals: {name!r} is not one of {", ".join(STOPPABLE)}.')
+  return tuple(signal.Signals[name] for name in dict.fromkeys(names))
 
-  def __init__(self):
+
+class StopSignals:
+  """While entered, each of `signals` asks the run to stop after the current step
+  (`should_stop`) instead of ending it."""
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+    self.signals = tuple(signals)
     self.received: str | None = None
     self._sigints = 0
     self._previous = {}
@@ -45,9 +69,9 @@ class StopSignals:
 
   def __enter__(self):
     self._distributed = jax.process_count() > 1
-    # With several processes SIGTERM belongs to JAX's preemption notifier.
-    signals = (signal.SIGINT,) if self._distributed else (signal.SIGINT, signal.SIGTERM)
-    for s in signals:
+    for s in self.signals:
+      if self._distributed and s == signal.SIGTERM:
+        continue  # with several processes SIGTERM belongs to JAX's preemption notifier
       self._previous[s] = signal.signal(s, self._handle)
     return self
 
@@ -68,9 +92,12 @@ class StopSignals:
         os._exit(SECOND_SIGINT_EXIT_CODE)  # pylint: disable=protected-access
       sys.stderr.write('SIGINT: stopping after this step and saving a checkpoint (SIGINT '
                        'again to exit at once).\n')
-      sys.stderr.flush()
+    else:
+      sys.stderr.write(f'{name}: stopping after this step and saving a checkpoint.\n')
+    sys.stderr.flush()
+    first = self.received is None
     self.received = self.received or name
-    if self._distributed and signum == signal.SIGINT:
+    if self._distributed and first:
       os.kill(os.getpid(), signal.SIGTERM)  # the preemption notifier tells every process
 
   def should_stop(self, step: int) -> bool:

@@ -60,8 +60,8 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the last eval.
 
   A resumed run continues with exactly the batch after the checkpoint's step, and its
-  results are bitwise those of an uninterrupted run. SIGTERM and SIGINT end the run after
-  the current step with a checkpoint of it (`interrupts.Interrupted`).
+  results are bitwise those of an uninterrupted run. The signals of `config.stop_signals`
+  end the run after the current step with a checkpoint of it (`interrupts.Interrupted`).
   """
   hooks = hooks or Hooks()
   lock = workdir_lib.RunLock(workdir, config.allow_no_file_locks)
@@ -101,7 +101,8 @@ def train_and_evaluate(config, workdir: str, hooks: Hooks | None = None) -> dict
     batches = stack.enter_context(_closed_at_exit(setup.data.loader.batches(
         setup.start_step, total - setup.start_step, layout.batch_sharding(),
         layout.label_sharding(), config.data.prefetch)))
-    stop = stack.enter_context(interrupts.StopSignals())
+    stop = stack.enter_context(interrupts.StopSignals(
+        interrupts.check_signals(config.stop_signals)))
     for step, (images, labels) in zip(range(setup.start_step + 1, total + 1), batches):
       images, labels = hooks.before_step(step, images, labels)
       logged = _due(step, config.log_every_steps, total)
@@ -141,8 +142,14 @@ def _closed_at_exit(thing):
   except BaseException:
     try:
       thing.close()
-    except Exception as e:  # pylint: disable=broad-except
+    # Whatever closing raises must not replace the error the run is ending with (re-raised
+    # below): the machine's failure (the same full disk) in a line, anything else, which may
+    # be a bug, with its traceback.
+    except (OSError, errors.UserError) as e:
       logging.warning('Closing %s after the error failed too: %s', type(thing).__name__, e)
+    except Exception:  # pylint: disable=broad-except
+      logging.warning('Closing %s after the error failed too:', type(thing).__name__,
+                      exc_info=True)
     raise
   thing.close()
 

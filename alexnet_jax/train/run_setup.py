@@ -30,6 +30,7 @@ from alexnet_jax.errors import require
 from alexnet_jax.model import config as model_config
 from alexnet_jax.model import network as model_lib
 from alexnet_jax.parallel import sharding
+from alexnet_jax.train import interrupts
 from alexnet_jax.train import optimizer as optimizer_lib
 from alexnet_jax.train import steps as steps_lib
 from alexnet_jax.weights import fine_tuning
@@ -41,11 +42,28 @@ NONFINITE = ('stop', 'skip')
 
 
 def build_layout(config, devices=None) -> sharding.Layout:
-  """The mesh and placement of `config.parallelism` over `devices` (all by default)."""
+  """The mesh and placement of `config.parallelism` over `devices` (all by default). The
+  default mesh (mesh.data=-1, mesh.model=0) runs on any device count (`sharding.default_mesh`)
+  and says in one line where it departs from towers over pairs of all the devices; explicit
+  mesh values are taken as given, or refused in one sentence."""
   devices = jax.devices() if devices is None else devices
-  data, model = sharding.mesh_shape(len(devices), config.mesh.data, config.mesh.model,
-                                    config.parallelism, config.model.num_towers)
-  return sharding.Layout(sharding.make_mesh(data, model, devices), config.parallelism)
+  m, parallelism = config.mesh, config.parallelism
+  if m.data == -1 and m.model == 0:
+    plan = sharding.default_mesh(
+        len(devices), parallelism, config.model.num_towers,
+        {'batch_size': config.batch_size, 'eval_batch_size': config.eval_batch_size},
+        may_leave_devices=jax.process_count() == 1)
+    if plan.note:
+      on = (f'the {plan.devices}' if plan.devices == len(devices)
+            else f'{plan.devices} of the {len(devices)}')
+      logging.info('Mesh data=%d x model=%d on %s devices (mesh.model=0, the default): %s; '
+                   'mesh.data and mesh.model choose another.', plan.data, plan.model, on,
+                   plan.note)
+    return sharding.Layout(
+        sharding.make_mesh(plan.data, plan.model, devices[:plan.devices]), parallelism)
+  data, model = sharding.mesh_shape(len(devices), m.data, m.model, parallelism,
+                                    config.model.num_towers)
+  return sharding.Layout(sharding.make_mesh(data, model, devices), parallelism)
 
 
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
@@ -102,6 +120,7 @@ def _validate_training(config) -> None:
   require(config.plateau_max_drops >= 0,
           f'plateau_max_drops={config.plateau_max_drops} must not be negative.')
   one_of('on_nonfinite_loss', config.on_nonfinite_loss, NONFINITE)
+  interrupts.check_signals(config.stop_signals)
   require(0 <= config.momentum < 1, f'momentum={config.momentum} must be in [0, 1).')
   require(config.weight_decay >= 0,
           f'weight_decay={config.weight_decay} must not be negative.')

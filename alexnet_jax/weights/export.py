@@ -95,7 +95,8 @@ def check_config(spec, meta: dict, path: str) -> None:
 def restore(config, workdir: str, step: int | None) -> exportable.Network:
   """The network of the workdir's latest (or `step`'s) checkpoint, with its normalisation."""
   workdir_lib.check(workdir, writable=False)
-  params, meta, inputs = checkpoint_params.restore_params(config, workdir, step)
+  params, meta, inputs = checkpoint_params.restore_params(config, workdir, step,
+                                                         reads_data=False)
   source = os.path.join(os.path.abspath(workdir), checkpointing.CHECKPOINT_DIR,
                         str(meta['step']))
   check_config(model_config.model_spec(config), meta, source)

@@ -15,6 +15,8 @@ The result is numpy float32 in `AlexNetSpec.param_shapes()`, checked against the
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 
 from alexnet_jax.errors import UserError
@@ -120,7 +122,9 @@ def from_torchvision(path: str, spec: model_lib.AlexNetSpec) -> dict:
     raise WeightImportError(f'Reading {path} needs PyTorch: pip install torch.') from None
   try:
     state = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  (a damaged or foreign file)
+  # What torch.load raises on a damaged, truncated or foreign file (RuntimeError: a zip it
+  # cannot read; UnpicklingError: not a pickle, or one weights_only refuses).
+  except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
     raise WeightImportError(f'{path} is not a readable PyTorch state dict ({e}).') from None
   state = state.get('state_dict', state) if isinstance(state, dict) else state
   if not isinstance(state, dict):
