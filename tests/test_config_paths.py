@@ -19,7 +19,7 @@ CONFIGS = sorted(p.stem for p in (helpers.ROOT / 'configs').glob('*.py') if p.st
 PATH_FIELDS = ('data.data_dir', 'data.manual_dir', 'data.folder', 'data.statistics', 'init_from')
 OTHER_FIELDS = (
     'dataset', 'data.decode_on', 'data.decoder', 'data.eval_split', 'data.mean', 'data.pca',
-    'data.pipeline', 'data.std', 'data.storage', 'data.train_split',
+    'data.pipeline', 'data.prepared_geometry', 'data.std', 'data.storage', 'data.train_split',
     'distributed.coordinator_address', 'lr_schedule', 'model.conv1_impl', 'model.conv1_input',
     'model.conv1_padding', 'model.dropout_placement', 'model.dtype', 'model.lrn_impl',
     'model.pool_backward', 'model.tower_conv', 'on_nonfinite_loss', 'parallelism')
