@@ -1,4 +1,5 @@
-"""SIGTERM and SIGINT during a dataset's preparation: a clean stop in one line (exit 75, as
+"""A signal that ends a job (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1: the default of
+`config.stop_signals`) during a dataset's preparation: a clean stop in one line (exit 75, as
 training stops, `errors.Stopped`), never a kill that leaves partial files behind.
 
 * `Requests` (the parallel ImageNet preparation): a signal is noted; the preparation stops
@@ -21,7 +22,7 @@ import threading
 
 from alexnet_jax.errors import Stopped
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 
 def _install(handler) -> dict:
@@ -36,7 +37,7 @@ def _restore(previous: dict) -> None:
 
 
 class Requests:
-  """While entered, SIGTERM and a first SIGINT set `received` (the signal's name)."""
+  """While entered, a stop signal (a first SIGINT included) sets `received` (its name)."""
 
   def __init__(self):
     self.received: str | None = None
@@ -59,7 +60,7 @@ class Requests:
 
 @contextlib.contextmanager
 def raising(what: str):
-  """While entered, SIGTERM and SIGINT raise Stopped (module docstring)."""
+  """While entered, a stop signal raises Stopped (module docstring)."""
 
   def handle(signum, frame):
     del frame
