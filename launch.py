@@ -30,36 +30,48 @@ from ml_collections import config_flags
 from alexnet_jax import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and run.json.')
-config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True)
-flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'figures', 'predict', 'export'],
-                  'train: train (resuming from the latest checkpoint); eval: evaluate a '
-                  'checkpoint, centre view and 10-crop, without training; figures: conv1 '
-                  'kernels of a checkpoint and the training curves as PNGs; predict: top-5 '
-                  'classes of --images; export: write a checkpoint\'s network as '
-                  '--export_format to --export_path.')
-flags.DEFINE_integer('checkpoint_step', -1,
-                     '--mode=eval, figures, predict, export: the checkpoint step (-1: latest).')
-flags.DEFINE_list('images', [], '--mode=predict: comma-separated image files to classify.')
-flags.DEFINE_string('figures_dir', None, '--mode=figures: where to write the PNGs (default '
-                    '<workdir>/figures; another directory for a read-only workdir).')
-flags.DEFINE_string('export_format', None, '--mode=export: onnx, torchvision, stablehlo or '
-                    'safetensors (docs/export.md).')
-flags.DEFINE_string('export_path', None, '--mode=export: the file to write (torchvision and '
-                    'stablehlo also write <path>.json).')
-flags.DEFINE_bool('overwrite', False, '--mode=export: replace files at --export_path.')
-flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+  """launch.py's flags, into `fv` (tests check the documented commands on a copy)."""
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and run.json.',
+                      flag_values=fv)
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True,
+                                  flag_values=fv)
+  flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'figures', 'predict', 'export'],
+                    'train: train (resuming from the latest checkpoint); eval: evaluate a '
+                    'checkpoint, centre view and 10-crop, without training; figures: conv1 '
+                    'kernels of a checkpoint and the training curves as PNGs; predict: top-5 '
+                    'classes of --images; export: write a checkpoint\'s network as '
+                    '--export_format to --export_path.', flag_values=fv)
+  flags.DEFINE_integer('checkpoint_step', -1, '--mode=eval, figures, predict, export: the '
+                       'checkpoint step (-1: latest).', flag_values=fv)
+  flags.DEFINE_list('images', [], '--mode=predict: comma-separated image files to classify.',
+                    flag_values=fv)
+  flags.DEFINE_string('figures_dir', None, '--mode=figures: where to write the PNGs (default '
+                      '<workdir>/figures; another directory for a read-only workdir).',
+                      flag_values=fv)
+  flags.DEFINE_string('export_format', None, '--mode=export: onnx, torchvision, stablehlo or '
+                      'safetensors (docs/export.md).', flag_values=fv)
+  flags.DEFINE_string('export_path', None, '--mode=export: the file to write (torchvision and '
+                      'stablehlo also write <path>.json).', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, '--mode=export: replace files at --export_path.',
+                    flag_values=fv)
+  flags.mark_flags_as_required(['config', 'workdir'], flag_values=fv)
+
+
+define_flags()
 
 
 def check_paths(workdir: str, figures_dir: str | None, images: list[str]) -> None:
   """The paths given as flags, before anything starts: an empty one (an unset shell
   variable: `--workdir=$RUN`) would otherwise mean the current directory."""
   if not workdir.strip():
-    cli.fail('--workdir is empty (an unset shell variable?); name the run\'s directory, such as '
-          '--workdir=runs/x.')
+    cli.fail('--workdir is empty (an unset shell variable?); name the run\'s directory, such '
+             'as --workdir=runs/x.')
   if figures_dir is not None and not figures_dir.strip():
     cli.fail('--figures_dir is empty; name a directory, or leave the flag out for '
-          '<workdir>/figures.')
+             '<workdir>/figures.')
   if any(not p.strip() for p in images):
     cli.fail(f'--images={",".join(images)} has an empty file name.')
 

@@ -6,7 +6,7 @@
   With no YNNPACK at all the reductions of the backward pass run on XLA's own loops: fc6's backward takes 116 ms against PyTorch's 36,
   and the train step at batch 32 912 ms; with `reduce`, 35 ms and 743 ms (`dot` 820 ms,
   `dot,reduce` 771 ms, measured interleaved in one process through compiler_options on a
-  2-core Xeon: docs/performance.md).
+  2-core Xeon: docs/speed.md).
 * Checked names. An XLA_FLAGS name or value that the installed jaxlib does not know aborts
   the process when the backend starts, so a flag is added only where the jaxlib's library
   holds its name and value (another jaxlib, such as the GPU image's 0.11, may lack them).

@@ -88,8 +88,8 @@ class PhaseClock:
 def prepare(tars: str, data_dir: str, processes: int, shard_images: int) -> dict:
   import logging
 
-  from alexnet_jax.data import imagenet_prep
-  from alexnet_jax.data import shard_writer
+  from alexnet_jax.data.prepare import imagenet_prep
+  from alexnet_jax.data.prepare import shard_writer
   settings = shard_writer.Settings(256, 95, 'centre_crop', 1000, decoder='turbo')
   clock = PhaseClock()
   logging.getLogger().setLevel(logging.INFO)
@@ -141,7 +141,7 @@ def main():
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.WARNING)  # tfds's INFO lines (the baseline)
 
-  from alexnet_jax.data import imagenet_prep
+  from alexnet_jax.data.prepare import imagenet_prep
   from benchmarks import machine
   from scripts import make_imagenet_tars
   cores = imagenet_prep.usable_cores()

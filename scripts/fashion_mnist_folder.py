@@ -20,8 +20,8 @@ import pathlib
 
 import numpy as np
 
-from alexnet_jax.data import builders
 from alexnet_jax.data import sources
+from alexnet_jax.data.prepare import builders
 
 
 def main():

@@ -69,7 +69,7 @@ def _add(tar, name: str, data: bytes) -> None:
 
 def chosen_classes(n: int) -> list[str]:
   """`n` of tfds's 1,000 wnids, spread evenly over its list."""
-  from alexnet_jax.data import imagenet_plan
+  from alexnet_jax.data.prepare import imagenet_plan
   names = imagenet_plan.class_names()
   return [names[i] for i in np.linspace(0, len(names) - 1, n).round().astype(int)]
 

@@ -35,6 +35,11 @@ def pytest_configure(config):
   if helpers.SHARED_XLA_CACHE not in os.environ:  # launch.py runs share one XLA cache
     _OWN_CACHE.append(tempfile.mkdtemp(prefix='alexnet_jax_xla_cache_'))
     os.environ[helpers.SHARED_XLA_CACHE] = _OWN_CACHE[0]
+  # The tests' own compilations use it too (set before the test modules import JAX): a
+  # network compiled by one test, file or xdist worker is loaded by the others.
+  os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.environ[helpers.SHARED_XLA_CACHE])
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
   # Orphaned grandchildren (a launch.py's worker processes) are re-parented to this process,
   # so that the check below sees them too.
   try:
@@ -48,6 +53,14 @@ def pytest_unconfigure(config):
   import shutil
   for path in _OWN_CACHE:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def xla_cache():
+  """The persistent XLA cache that every launch of the session shares, across test files and
+  xdist workers (pytest_configure makes it): a network compiles once for all of them."""
+  from tests import helpers
+  return os.environ[helpers.SHARED_XLA_CACHE]
 
 
 def _children() -> dict[int, str]:

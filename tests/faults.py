@@ -95,7 +95,7 @@ def make_hooks():
   if 'term_at_shard' in at:
     import functools
 
-    from alexnet_jax.data import imagenet_prep
+    from alexnet_jax.data.prepare import imagenet_prep
     from tests import prep_faults
     imagenet_prep.store = functools.partial(
         imagenet_prep.store, shard_images=2,

@@ -56,6 +56,24 @@ def launch(workdir, *overrides, config='configs/synthetic.py', devices=1, faults
   return proc if background else finish(proc, timeout)
 
 
+def launch_config(*args):
+  """The config launch.py would run with `args` (`--config=...`, `--config.<field>=...`),
+  parsed by launch.py's own flags on a copy, and its model and data fields checked (the
+  paths it names are not looked at): nothing is read or run."""
+  from absl import flags
+
+  from alexnet_jax.data import config as data_config
+  from alexnet_jax.model import config as model_config
+  import launch as entry
+  fv = flags.FlagValues()
+  entry.define_flags(fv)
+  fv(['launch.py', *args])
+  config = fv.config
+  model_config.validate(config)
+  data_config.validate(config, paths=False)
+  return config
+
+
 def run_script(module: str, *args, timeout=600, env=None) -> subprocess.CompletedProcess:
   """`python -m module args` from the repository root on one CPU device."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',

@@ -18,7 +18,7 @@ class SignalAfterShard:
   signum: int = signal.SIGTERM
 
   def __call__(self):
-    from alexnet_jax.data import shard_writer
+    from alexnet_jax.data.prepare import shard_writer
     write = shard_writer.write
 
     def signalling(task):
@@ -38,7 +38,7 @@ class DiskFullAtShard:
   errno_: int = errno.ENOSPC
 
   def __call__(self):
-    from alexnet_jax.data import shard_writer
+    from alexnet_jax.data.prepare import shard_writer
     real = shard_writer.array_record_module.ArrayRecordWriter
     marker = f'-{self.index:05d}-of-'
     message = f'write() failed: {os.strerror(self.errno_)}; writing the shard'

@@ -21,11 +21,6 @@ LONG = [*RUN, '--config.num_train_steps=40', '--config.log_every_steps=5',
         '--config.eval_every_steps=20', '--config.checkpoint_every_steps=4']
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('xla_cache')
-
-
 def launch_two(xla_cache, workdir, *overrides, **kwargs):
   procs = helpers.launch_processes(workdir, *overrides, xla_cache=xla_cache, **kwargs)
   return [helpers.finish(p, timeout=300) for p in procs]
@@ -63,8 +58,10 @@ def test_two_processes_stop_at_the_same_step_when_process_1_gets_the_signal(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('fault', ['kill_after_step', 'stop_after_step'])
-@pytest.mark.parametrize('lost', [1, 0])
+@pytest.mark.parametrize('fault,lost', [
+    ('kill_after_step', 1), pytest.param('stop_after_step', 1, marks=pytest.mark.exhaustive),
+    pytest.param('kill_after_step', 0, marks=pytest.mark.exhaustive),
+    pytest.param('stop_after_step', 0, marks=pytest.mark.exhaustive)])
 def test_a_lost_process_ends_the_others_in_one_line_and_the_rerun_is_bitwise(
     xla_cache, two_process_reference, tmp_path, fault, lost):
   """Process `lost` is SIGKILLed or frozen (SIGSTOP) after step 15: the other one stops in

@@ -28,11 +28,6 @@ BASE = [*helpers.SMALL_MODEL, '--config.model.init_std=0.05', '--config.data.cro
 TOWERS_1x2 = ['--config.parallelism=towers', '--config.mesh.data=1', '--config.mesh.model=2']
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('xla_cache')
-
-
 def launch(xla_cache, workdir, *overrides, **kwargs):
   return helpers.launch(workdir, *overrides, xla_cache=xla_cache, **kwargs)
 
@@ -75,9 +70,12 @@ def test_sigkill_anywhere_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
 
 @pytest.mark.slow
 @pytest.mark.parametrize('storage', [
-    [], ['--config.data.storage=raw'], ['--config.data.decoder=pillow'],
-    ['--config.data.decode_on=device', '--config.data.decoder=pillow']],
-    ids=['jpeg-turbo', 'raw', 'jpeg-pillow', 'jpeg-device-pillow'])
+    pytest.param([], id='jpeg-turbo'),
+    pytest.param(['--config.data.storage=raw'], id='raw', marks=pytest.mark.exhaustive),
+    pytest.param(['--config.data.decoder=pillow'], id='jpeg-pillow',
+                 marks=pytest.mark.exhaustive),
+    pytest.param(['--config.data.decode_on=device', '--config.data.decoder=pillow'],
+                 id='jpeg-device-pillow', marks=pytest.mark.exhaustive)])
 def test_stream_pipeline_sigkill_then_rerun_is_bitwise_the_uninterrupted_run(xla_cache,
                                                                              tmp_path, storage):
   """The same for the stream pipeline (an image folder decoded by 2 threads, random crops,

@@ -206,6 +206,7 @@ def run_check(out, *args, timeout=900):
                         timeout=timeout, check=False, env=dict(os.environ, XLA_FLAGS=''))
 
 
+@pytest.mark.exhaustive
 def test_the_dry_run_runs_every_stage_and_returns_three_files(tmp_path):
   out, scratch = tmp_path / 'gc', tmp_path / 'scratch'
   # A loaded CI machine is slower than the calibration: limits far from the estimates.

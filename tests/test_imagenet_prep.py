@@ -1,4 +1,4 @@
-"""ImageNet from its tars to the store in one parallel pass (alexnet_jax/data/imagenet_prep.py):
+"""ImageNet from its tars to the store in one parallel pass (alexnet_jax/data/prepare/imagenet_prep.py):
 the store is the one tfds's builder and the serial store loop make (bytes and order), whatever
 the number of processes; interrupted, killed or stopped by a full disk, a rerun finishes it
 from the finished shards, equal to an uninterrupted one; nothing but the store is left; the
@@ -13,10 +13,10 @@ from array_record.python import array_record_module
 import numpy as np
 import pytest
 
-from alexnet_jax.data import disk
-from alexnet_jax.data import imagenet_prep
-from alexnet_jax.data import shard_writer
 from alexnet_jax.data import sources
+from alexnet_jax.data.prepare import disk
+from alexnet_jax.data.prepare import imagenet_prep
+from alexnet_jax.data.prepare import shard_writer
 from alexnet_jax.errors import Stopped
 from tests import helpers
 from tests import prep_faults
@@ -209,7 +209,7 @@ SMALL_IMAGENET = ['--config.data.image_size=32', '--config.data.prepared_size=36
                   '--config.num_train_steps=2', '--config.eval_every_steps=2']
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive
 def test_the_readme_command_stops_on_sigterm_in_one_line_and_the_rerun_trains(tars, tmp_path):
   """configs/alexnet.py on the tars (a small network; the 1,000 classes of ILSVRC-2012, 4 of
   them with images): SIGTERM while the store is written ends the run in one line with exit
@@ -250,7 +250,7 @@ def test_a_damaged_tar_is_one_sentence(tars, tmp_path):
 
 
 def test_a_progress_line_by_hand(caplog):
-  from alexnet_jax.data import progress
+  from alexnet_jax.data.prepare import progress
   now = [100.0]
   p = progress.Progress('imagenet2012 at 256x256', every=15, clock=lambda: now[0])
   caplog.set_level(logging.INFO)

@@ -93,8 +93,9 @@ def test_fashion_mnist_trains_and_logs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mode,data,model', [('towers', -1, 2), ('data', 8, 1),
-                                             ('hybrid', 4, 2)])
+@pytest.mark.parametrize('mode,data,model', [
+    ('towers', -1, 2), pytest.param('data', 8, 1, marks=pytest.mark.exhaustive),
+    pytest.param('hybrid', 4, 2, marks=pytest.mark.exhaustive)])
 def test_each_parallelism_mode_end_to_end(tmp_path, mode, data, model):
   result = launch('configs/synthetic.py', tmp_path, *SMALL_MODEL, '--config.num_train_steps=3',
                   f'--config.parallelism={mode}', f'--config.mesh.data={data}',
@@ -248,8 +249,8 @@ def test_the_papers_config_trains_and_tests_from_the_imagenet_tars(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('train,test,size,batch', [(60, 20, (64, 48), 64),
-                                                   (20, 20, (36, 36), 16)])
+@pytest.mark.parametrize('train,test,size,batch', [
+    pytest.param(60, 20, (64, 48), 64, marks=pytest.mark.exhaustive), (20, 20, (36, 36), 16)])
 def test_the_image_folder_recipe_trains_a_beginners_high_contrast_folder(tmp_path, train, test,
                                                                          size, batch):
   """Two flat colours with noise, separable at a glance: on the paper's 0-255 inputs the
@@ -267,7 +268,7 @@ def test_the_image_folder_recipe_trains_a_beginners_high_contrast_folder(tmp_pat
   assert evals[-1]['step'] == 200 and evals[-1]['eval/top1'] >= 0.95, evals[-1]
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive
 def test_the_main_config_learns_the_embedded_subset_to_its_measured_accuracy(tmp_path):
   """The README's main command on the embedded 10,000 / 2,000 images, to the end (15 epochs,
   1,170 steps). Seeds 0-3 on two machines gave 84.85-85.35% centre top-1 (mean 85.14, std

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax.data import builders
 from alexnet_jax.data import memory
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
+from alexnet_jax.data.prepare import builders
 from alexnet_jax.model import config as model_config
 from alexnet_jax.model import network
 from alexnet_jax.model import pixels

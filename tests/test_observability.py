@@ -27,11 +27,6 @@ SCALARS = ('train/loss', 'train/top1', 'train/top5', 'lr', 'images_per_sec', 'st
            'eval/loss', 'eval/top1', 'eval/top5')
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('xla_cache')
-
-
 def launch(xla_cache, workdir, *overrides, **kwargs):
   return helpers.launch(workdir, *overrides, xla_cache=xla_cache, **kwargs)
 

@@ -32,11 +32,6 @@ def expected_rates(errors, base=0.01, factor=0.1, patience=2, max_drops=2):
   return rates, wanted
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('xla_cache')
-
-
 @pytest.mark.slow
 def test_the_plateau_schedule_drops_the_rate_and_survives_a_kill(xla_cache, tmp_path):
   reference = tmp_path / 'reference'

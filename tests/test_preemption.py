@@ -25,11 +25,6 @@ RUN = [*helpers.SMALL_MODEL, '--config.model.init_std=0.05', '--config.data.crop
        '--config.checkpoint_every_steps=4', '--config.eval_every_steps=4']
 
 
-@pytest.fixture(scope='module')
-def xla_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('xla_cache')
-
-
 def launch(xla_cache, workdir, *overrides, **kwargs):
   return helpers.launch(workdir, *overrides, xla_cache=xla_cache, **kwargs)
 

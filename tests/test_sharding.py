@@ -287,7 +287,8 @@ def _free_port():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('pipeline', ['memory', 'stream'])
+@pytest.mark.parametrize('pipeline', [pytest.param('memory', marks=pytest.mark.exhaustive),
+                                      'stream'])
 def test_two_processes_match_one(tmp_path, pipeline):
   """2 processes x 4 CPU devices (gloo) train as 1 process x 8 devices, each process
   loading (and, for the stream pipeline, decoding) only its half of every batch."""

@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from alexnet_jax.data import builders
 from alexnet_jax.data import sources
 from alexnet_jax.data import transforms
+from alexnet_jax.data.prepare import builders
 from alexnet_jax.errors import BadDataError
 from alexnet_jax.errors import DatasetNotFoundError
 from tests import helpers

@@ -1,4 +1,4 @@
-"""Prepared datasets on disk (alexnet_jax/data/storage.py): a truncated copy rebuilt from its
+"""Prepared datasets on disk (alexnet_jax/data/prepare/storage.py): a truncated copy rebuilt from its
 source files or refused in one sentence, a damaged chunk found while training, two jobs that
 prepare one data_dir at once, and file systems without locks."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from alexnet_jax.checkpoint import workdir as workdir_lib
 from alexnet_jax.data import sources
-from alexnet_jax.data import storage
+from alexnet_jax.data.prepare import storage
 from alexnet_jax.errors import NoFileLocksError
 from tests import helpers
 from tests.helpers import one_error_line

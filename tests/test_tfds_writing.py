@@ -1,4 +1,4 @@
-"""Every dataset prepared through tfds (alexnet_jax/data/tfds_writing.py, storage._build):
+"""Every dataset prepared through tfds (alexnet_jax/data/prepare/tfds_writing.py, storage._build):
 past tfds's shuffle buffer without TensorFlow, in tfds's order, with the same bytes every
 time; a full disk, a disk too small and a SIGTERM in one sentence, leaving nothing behind."""
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from tensorflow_datasets.core import shuffle
 
-from alexnet_jax.data import builders
-from alexnet_jax.data import disk
 from alexnet_jax.data import sources
-from alexnet_jax.data import tfds_writing
+from alexnet_jax.data.prepare import builders
+from alexnet_jax.data.prepare import disk
+from alexnet_jax.data.prepare import tfds_writing
 from alexnet_jax.errors import Stopped
 from tests import helpers
 from tests.test_sources import _HideTensorFlow

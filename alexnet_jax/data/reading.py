@@ -31,12 +31,12 @@ import os
 import numpy as np
 
 from alexnet_jax.data import batching
-from alexnet_jax.data import imagenet_prep
 from alexnet_jax.data import provenance
-from alexnet_jax.data import shard_writer
 from alexnet_jax.data import sources
 from alexnet_jax.data import stream
 from alexnet_jax.data import transforms
+from alexnet_jax.data.prepare import imagenet_prep
+from alexnet_jax.data.prepare import shard_writer
 from alexnet_jax.errors import ConfigError
 
 AUTO = -1

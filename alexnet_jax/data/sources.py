@@ -27,7 +27,7 @@ import struct
 
 import numpy as np
 
-from alexnet_jax.data import storage
+from alexnet_jax.data.prepare import storage
 from alexnet_jax.errors import BadDataError
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.errors import DatasetNotFoundError
@@ -94,7 +94,7 @@ def fashion_mnist_builder(data_dir: str | None, manual_dir: str | None,
   if official.is_prepared():
     storage.check(official)
     return official
-  from alexnet_jax.data import builders
+  from alexnet_jax.data.prepare import builders
   source = find_fashion_mnist_files(manual_dir)
   counts = idx_counts(source)
   name = 'full' if counts == {'train': 60_000, 'test': 10_000} else (
@@ -125,7 +125,7 @@ def prepare_imagenet2012(data_dir: str | None, manual_dir: str | None,
         f'ImageNet not found: put {IMAGENET_TARS[0]} and {IMAGENET_TARS[1]} (from '
         f'image-net.org) in data.manual_dir ({where or "not set"}), or a prepared tfds '
         f'imagenet2012 in data.data_dir ({official.data_dir}).')
-  from alexnet_jax.data import builders
+  from alexnet_jax.data.prepare import builders
   make = lambda: _construct(builders.Imagenet2012NoTF, data_dir=data_dir,
                             file_format='array_record')
   storage.ready(make, f'imagenet2012 from {where}', allow_no_locks,
@@ -144,7 +144,7 @@ def image_folder_builder(root: str, data_dir: str | None, splits: tuple[str, ...
     raise DatasetNotFoundError(
         f'Image folder {path} not found: put the images in {path}/<split>/<class>/ '
         '(e.g. train/cat/1.jpg, test/cat/2.jpg) and set data.folder to it.')
-  from alexnet_jax.data import builders
+  from alexnet_jax.data.prepare import builders
   make = lambda: _construct(builders.ImageFolderNoTF, root=str(path), data_dir=data_dir,
                             file_format='array_record')
   builder = make()
@@ -180,7 +180,7 @@ def prepare_resized(source_builder, data_dir: str | None, size: int = 256,
   Records of `train_split` that fail to decode are left out with a warning, up to
   `max_bad_records` (-1: any), past which the preparation stops; one in any other split
   stops it at once, naming the file: leaving it out would change what evaluation reports."""
-  from alexnet_jax.data import builders
+  from alexnet_jax.data.prepare import builders
   make = lambda: _construct(builders.PreparedImages, source=source_builder, size=size,
                             quality=quality, data_dir=data_dir, file_format='array_record',
                             max_bad_records=max_bad_records, train_split=train_split,
@@ -205,8 +205,8 @@ def _stored_bytes(source_builder, size: int, quality: int, geometry_name: str,
   """About what the store of `source_builder` at `size` takes: every record's bytes as
   measured on `sample` training images spread over the split (raw: known)."""
   from alexnet_jax.data import geometry
-  from alexnet_jax.data import shard_writer
   from alexnet_jax.data import transforms
+  from alexnet_jax.data.prepare import shard_writer
   count = sum(s.num_examples for s in source_builder.info.splits.values())
   channels = source_builder.info.features['image'].shape[-1] or 3
   if not quality:

@@ -195,7 +195,7 @@ class Setup:
     self.spec = model_config.model_spec(config)
     self.dtype = model_config.compute_dtype(config)
     if self.dtype == jnp.bfloat16 and self.layout.mesh.devices.flat[0].platform == 'cpu':
-      # Measured (docs/performance.md): the compiled step's convolutions and matmuls are all
+      # Measured (docs/speed.md): the compiled step's convolutions and matmuls are all
       # float32, with conversions around them; bfloat16 pays off on GPU and TPU only.
       logging.warning('model.dtype=bfloat16 on CPU: XLA:CPU runs the convolutions and matmuls '
                       'in float32 and adds conversions, about 1.4x slower than float32.')

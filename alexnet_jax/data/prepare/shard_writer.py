@@ -22,11 +22,11 @@ from array_record.python import array_record_module
 import numpy as np
 from PIL import Image
 
-from alexnet_jax.data import disk
 from alexnet_jax.data import geometry
-from alexnet_jax.data import tar_index
-from alexnet_jax.data import tfds_writing
 from alexnet_jax.data import transforms
+from alexnet_jax.data.prepare import disk
+from alexnet_jax.data.prepare import tar_index
+from alexnet_jax.data.prepare import tfds_writing
 from alexnet_jax.errors import BadDataError
 
 PARTIAL = '.partial'  # a shard or statistics file being written (removed by a rerun)

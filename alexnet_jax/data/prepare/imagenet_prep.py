@@ -39,13 +39,13 @@ import shutil
 
 import numpy as np
 
-from alexnet_jax.data import disk
-from alexnet_jax.data import imagenet_plan
-from alexnet_jax.data import progress as progress_lib
-from alexnet_jax.data import shard_writer
-from alexnet_jax.data import stopping
-from alexnet_jax.data import storage
 from alexnet_jax.data import transforms
+from alexnet_jax.data.prepare import disk
+from alexnet_jax.data.prepare import imagenet_plan
+from alexnet_jax.data.prepare import progress as progress_lib
+from alexnet_jax.data.prepare import shard_writer
+from alexnet_jax.data.prepare import stopping
+from alexnet_jax.data.prepare import storage
 from alexnet_jax.errors import BadDataError
 from alexnet_jax.errors import Stopped
 from alexnet_jax.errors import UserError
@@ -121,8 +121,8 @@ def store(data_dir, manual_dir, settings: shard_writer.Settings, processes: int 
   `data_dir`. `keep_originals` also keeps tfds's full-size imagenet2012 (146 GB)."""
   import tensorflow_datasets as tfds
 
-  from alexnet_jax.data import builders
   from alexnet_jax.data import sources
+  from alexnet_jax.data.prepare import builders
   official = sources._construct(tfds.builder, 'imagenet2012', data_dir=data_dir)
   make = lambda: sources._construct(
       builders.PreparedImages, source=official, size=settings.size, quality=settings.quality,

@@ -142,9 +142,9 @@ def _build(builder, what: str, estimate: int | None = None, **kwargs) -> None:
 
   import tensorflow_datasets as tfds
 
-  from alexnet_jax.data import disk
-  from alexnet_jax.data import stopping
-  from alexnet_jax.data import tfds_writing
+  from alexnet_jax.data.prepare import disk
+  from alexnet_jax.data.prepare import stopping
+  from alexnet_jax.data.prepare import tfds_writing
   tfds_writing.install()
   where = os.path.dirname(os.fspath(builder.data_dir))
   needed = None if estimate is None else disk.with_spill(estimate)

@@ -31,10 +31,10 @@ from tensorflow_datasets.datasets.imagenet2012 import imagenet2012_dataset_build
 from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
 
 from alexnet_jax.data import geometry
-from alexnet_jax.data import progress
-from alexnet_jax.data import shard_writer
-from alexnet_jax.data import storage
 from alexnet_jax.data import transforms
+from alexnet_jax.data.prepare import progress
+from alexnet_jax.data.prepare import shard_writer
+from alexnet_jax.data.prepare import storage
 from alexnet_jax.errors import BadDataError
 
 FASHION_MNIST_FILES = {
@@ -148,7 +148,7 @@ class Imagenet2012NoTF(official.Builder, skip_registration=True):
 def imagenet_counts(train_tar: str, val_tar: str) -> dict[str, int]:
   """The images of each split: known for ILSVRC-2012 as distributed (its tars' sizes),
   else counted from the tars' headers."""
-  from alexnet_jax.data import tar_index
+  from alexnet_jax.data.prepare import tar_index
   if all(os.path.getsize(p) == IMAGENET_TAR_BYTES[os.path.basename(p)]
          for p in (train_tar, val_tar)):
     return dict(IMAGENET_IMAGES)

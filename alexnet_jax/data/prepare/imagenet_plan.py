@@ -21,8 +21,8 @@ import os
 
 import numpy as np
 
-from alexnet_jax.data import shard_writer
-from alexnet_jax.data import tar_index
+from alexnet_jax.data.prepare import shard_writer
+from alexnet_jax.data.prepare import tar_index
 from alexnet_jax.errors import BadDataError
 
 SHARD_IMAGES = 1000  # images a shard: about 5 s of one core's work, 50 MB of JPEG
