@@ -32,12 +32,14 @@ from alexnet_jax import cli
 FLAGS = flags.FLAGS
 
 
-def define_flags(fv: flags.FlagValues = FLAGS) -> None:
-  """launch.py's flags, into `fv` (tests check the documented commands on a copy)."""
+def define_flags(fv: flags.FlagValues = FLAGS, argv: list[str] | None = None) -> None:
+  """launch.py's flags, into `fv` (tests check the documented commands on a copy); `argv`
+  is the command line whose `--config.<field>=` overrides ml_collections defines as flags
+  (default sys.argv)."""
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and run.json.',
                       flag_values=fv)
   config_flags.DEFINE_config_file('config', None, 'Path to a config file.', lock_config=True,
-                                  flag_values=fv)
+                                  flag_values=fv, sys_argv=argv)
   flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'figures', 'predict', 'export'],
                     'train: train (resuming from the latest checkpoint); eval: evaluate a '
                     'checkpoint, centre view and 10-crop, without training; figures: conv1 '

@@ -66,8 +66,9 @@ def launch_config(*args):
   from alexnet_jax.model import config as model_config
   import launch as entry
   fv = flags.FlagValues()
-  entry.define_flags(fv)
-  fv(['launch.py', *args])
+  argv = ['launch.py', *args]
+  entry.define_flags(fv, argv)
+  fv(argv)
   config = fv.config
   model_config.validate(config)
   data_config.validate(config, paths=False)

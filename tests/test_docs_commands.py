@@ -22,6 +22,8 @@ SHELL_BLOCK = re.compile(r'^```(?:bash|sh|shell|console)\n(.*?)^```', re.M | re.
 # Commands of other programs that the documents show without files of ours to check.
 OTHERS = {'tensorboard', 'xprof', 'ls', 'cd', 'export', 'nvidia-smi', 'git', 'cat', 'tail',
           'apt-get', 'curl', 'cp', 'mkdir', 'rm', 'tar', 'du', 'df'}
+# Modules of other packages that the documents run with `python -m`.
+OTHER_MODULES = {'pytest', 'pip', 'venv', 'tensorboard'}
 ABSL_BUILTIN = {'help', 'helpfull', 'helpshort', 'helpxml', 'flagfile', 'undefok',
                 'logtostderr', 'alsologtostderr', 'verbosity', 'v', 'log_dir', 'stderrthreshold'}
 
@@ -93,16 +95,17 @@ def test_the_command_runs_as_written(where, argv):
   if program in ('python', 'python3'):
     if args[:1] == ['launch.py']:
       helpers.launch_config(*args[1:])
-    elif args[:1] == ['-m']:
+    elif args[:1] == ['-m'] and args[1] not in OTHER_MODULES:
       check_module(args[1], args[2:])
     else:
-      assert args[:1] == ['-c'], f'python {args[:1]}: not a command this project documents'
+      assert args[:1] in (['-c'], ['-m']), f'python {args[:1]}: not a command this project documents'
   elif program == 'pip':
     for i, arg in enumerate(args):
       if arg == '-r':
         assert (helpers.ROOT / args[i + 1]).is_file(), args[i + 1]
   elif program in ('bash', 'sbatch'):
-    assert (helpers.ROOT / args[-1]).is_file(), args[-1]
+    script = next(a for a in args if not a.startswith('-'))
+    assert (helpers.ROOT / script).is_file(), script
   elif program == 'kubectl':
     assert (helpers.ROOT / args[args.index('-f') + 1]).is_file()
   else:

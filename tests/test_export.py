@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax.model import config as model_config
+from alexnet_jax.train import imported_checkpoint
 from alexnet_jax.weights import export
 from alexnet_jax.weights import exportable
 from alexnet_jax.weights import importers
@@ -266,7 +267,6 @@ SMALL = dict(image_size=32, num_classes=10, conv_features=(8, 16, 24, 24, 16),
 def small_workdir(tmp_path_factory):
   """A checkpoint of the tests' small two-tower network (helpers.SMALL_MODEL), written as
   scripts/import_weights.py writes one, with a mean image and class names."""
-  from scripts import import_weights
   config = synthetic.get_config()
   config.data.image_size, config.data.num_classes = SMALL['image_size'], SMALL['num_classes']
   for k in ('conv_features', 'conv_kernels', 'conv1_stride', 'conv1_padding', 'fc_features'):
@@ -274,7 +274,7 @@ def small_workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('export') / 'run'
   spec = model_config.model_spec(config)
   mean = np.random.default_rng(1).uniform(60, 190, (32, 32, 3)).astype(np.float32)
-  import_weights.write_checkpoint(config, reference.random_params(spec.param_shapes(), 0),
+  imported_checkpoint.write_checkpoint(config, reference.random_params(spec.param_shapes(), 0),
                                   mean, str(workdir))
   return config, workdir
 
