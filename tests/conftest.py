@@ -6,6 +6,7 @@ and the gpu-marked tests run on the backend the GPU check asked for, or fail."""
 import ctypes
 import os
 import signal
+import time
 
 from absl import flags
 import pytest
@@ -94,9 +95,15 @@ def no_process_outlives_its_test():
   before = set(_children())
   yield
   # multiprocessing's resource tracker (started by grain's worker processes in this process)
-  # serves the whole test session and ends with it.
-  left = {pid: cmd for pid, cmd in _children().items()
-          if pid not in before and 'multiprocessing.resource_tracker' not in cmd}
+  # serves the whole test session and ends with it. A subprocess's own tracker, orphaned to
+  # this subreaper, ends when that subprocess has: a moment's grace for what is exiting.
+  deadline = time.monotonic() + 10
+  while True:
+    left = {pid: cmd for pid, cmd in _children().items()
+            if pid not in before and 'multiprocessing.resource_tracker' not in cmd}
+    if not left or time.monotonic() > deadline:
+      break
+    time.sleep(0.1)
   for pid in left:
     try:
       os.kill(pid, signal.SIGKILL)

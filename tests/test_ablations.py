@@ -55,12 +55,12 @@ def test_a_run_trained_before_the_study_keeps_its_own_wall_time(tmp_path):
 
 @pytest.mark.slow
 def test_quick_mode_runs_variants_resumably_with_the_mesh_passed_through(tmp_path):
-  """Two variants end to end (a two-tower and a one-tower network): trained, evaluated,
-  tabulated and drawn, then found finished by a second call."""
+  """Two variants end to end (a two-tower and a one-tower network, small, on random
+  images): trained, evaluated, tabulated and drawn, then found finished by a second call."""
   out = tmp_path / 'study'
   base = [sys.executable, '-m', 'scripts.ablations', f'--out={out}', '--quick',
-          '--variants=baseline,one_tower_half_width', '--']
-  cmd = [*base, '--config.mesh.data=2', '--config.mesh.model=1']
+          '--config=configs/synthetic.py', '--variants=baseline,one_tower_half_width', '--']
+  cmd = [*base, *helpers.SMALL_MODEL, '--config.mesh.data=2', '--config.mesh.model=1']
   env = dict(__import__('os').environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_PLATFORMS='cpu')
   result = subprocess.run(cmd, cwd=helpers.ROOT, env=env, capture_output=True, text=True,

@@ -44,7 +44,8 @@ def rerun_is_bitwise(xla_cache, workdir, reference, resumed_from=None):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('fault', ['term_at_step=3', 'int_after_save=4'])
+@pytest.mark.parametrize('fault', [
+    'term_at_step=3', pytest.param('int_after_save=4', marks=pytest.mark.exhaustive)])
 def test_two_processes_stop_at_the_same_step_when_process_1_gets_the_signal(
     xla_cache, two_process_reference, tmp_path, fault):
   workdir = tmp_path / 'run'

@@ -14,6 +14,7 @@ import pytest
 from alexnet_jax.data import sources
 from alexnet_jax.model import config as model_config
 from tests import helpers
+from tests import test_log_noise
 from tests.helpers import SMALL_MODEL
 
 
@@ -101,6 +102,7 @@ def test_each_parallelism_mode_end_to_end(tmp_path, mode, data, model):
                   f'--config.parallelism={mode}', f'--config.mesh.data={data}',
                   f'--config.mesh.model={model}', devices=8)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert test_log_noise.noise(result) == []
   run = json.loads((tmp_path / 'run.json').read_text())
   assert run['device_count'] == 8
   assert run['mesh']['parallelism'] == mode

@@ -215,18 +215,22 @@ def test_bfloat16_learns_the_embedded_fashion_mnist_to_float32s_bound():
   assert accuracy >= 0.38, accuracy
 
 
+# float32's mean top-1 over seeds 0-3 after 900 steps (docs/precision.md).
+FLOAT32_MEAN_900_STEPS = 0.7326
+
+
 @pytest.mark.exhaustive
 def test_bfloat16_learns_as_well_as_float32_over_seeds():
-  """Three passes (900 steps of 32), seeds 0-3, in float32 and in bfloat16: every run clears
-  float32's bound, and bfloat16's mean is not below float32's by more than four standard
-  deviations of the difference of the two means. Measured (docs/precision.md): float32
-  70.60, 74.25, 74.45, 73.75% (mean 73.26, sd 1.80), bfloat16 74.00, 74.00, 74.20, 73.55%
-  (mean 73.94, sd 0.27). The bound: 66% is float32's mean less four of its sds; each mean's
-  sd is sd / sqrt(4), a dtype's sd taken at least the binomial error of 2,000 test images
-  (0.99), so the difference's sd is sqrt(1.80^2 + 0.99^2) / 2 = 1.03 and its bound 4.1
-  points; bfloat16 was 0.68 above."""
-  seeds = range(4)
-  accuracy = {dtype: [learned_accuracy(dtype, seed, num_steps=900) for seed in seeds]
-              for dtype in ('float32', 'bfloat16')}
-  assert min(min(a) for a in accuracy.values()) >= 0.66, accuracy
-  assert np.mean(accuracy['bfloat16']) >= np.mean(accuracy['float32']) - 0.041, accuracy
+  """Three passes (900 steps of 32), seeds 0-2 in bfloat16, against float32's seeds 0-3
+  measured on the same runs (docs/precision.md): float32 70.60, 74.25, 74.45, 73.75% (mean
+  73.26, sd 1.80); bfloat16 then gave 74.00, 74.00, 74.20% (mean 74.07). Every bfloat16 run
+  clears float32's bound, 66% (its mean less four of its sds), and bfloat16's mean is not
+  below float32's by more than four standard deviations of the difference of the means: a
+  dtype's sd taken at least the binomial error of 2,000 test images (0.99), float32's mean
+  has sd 1.80 / sqrt(4) = 0.90 and bfloat16's 0.99 / sqrt(3) = 0.57, so the difference's is
+  1.07 and its bound 4.3 points (68.96%). float32's own learning is checked by
+  test_launch.py's main-config test."""
+  accuracy = [learned_accuracy('bfloat16', seed, num_steps=900) for seed in range(3)]
+  assert min(accuracy) >= 0.66, accuracy
+  assert np.mean(accuracy) >= FLOAT32_MEAN_900_STEPS - 0.043, accuracy
+

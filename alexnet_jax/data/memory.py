@@ -82,9 +82,13 @@ def load(config) -> batching.Data:
   """The memory pipeline of `config` (`input_pipeline.load` with data.pipeline=memory)."""
   d = config.data
   train, evals, names, source = load_splits(config)
-  for label in sorted(set(np.unique(evals.labels)) - set(np.unique(train.labels))):
-    logging.warning('Class %r has eval images but no training images: the network cannot '
-                    'learn it.', names[label] if label < len(names) else label)
+  unlearnable = [names[l] if l < len(names) else str(l)
+                 for l in sorted(set(np.unique(evals.labels)) - set(np.unique(train.labels)))]
+  if unlearnable and config.dataset != 'synthetic':  # random labels: nothing to learn anyway
+    logging.warning('%d class(es) have eval images but no training images, which the network '
+                    'cannot learn: %s.', len(unlearnable), ', '.join(
+                        repr(n) for n in unlearnable[:5]) + (', ...' if len(unlearnable) > 5
+                                                            else ''))
   info = batching.DataInfo(num_classes=len(names), image_size=train.images.shape[1],
                            channels=train.images.shape[3], num_train=len(train.labels),
                            num_eval=len(evals.labels), class_names=names, source=source)

@@ -15,6 +15,24 @@ import time
 from alexnet_jax.errors import OutputError
 
 
+def _tensorboardx():
+  """tensorboardX's event writer, protos and summaries. Its package imports PyTorch where
+  that is installed (for writers this project does not use): 1.5 s of every run's start.
+  Hidden from it while it loads (its import is optional there), PyTorch imports as usual
+  afterwards."""
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None  # `import torch` raises ImportError
+  try:
+    from tensorboardX import summary
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2
+  finally:
+    if hide:
+      del sys.modules['torch']
+  return EventsWriter, event_pb2, summary
+
+
 class MetricWriter:
   """Writes scalars for a step to the console, a TensorBoard event file and one JSON line
   per call (`metrics.jsonl`), synchronously: a full disk surfaces here as one OutputError,
@@ -27,8 +45,7 @@ class MetricWriter:
     self.progress = None  # a Progress whose live line is cleared before each log line
     if enabled:
       # tensorboardX's synchronous writer: TensorBoard's event files without TensorFlow.
-      from tensorboardX.event_file_writer import EventsWriter
-      from tensorboardX.proto import event_pb2
+      EventsWriter, event_pb2, self._summary = _tensorboardx()
       self._event_pb2 = event_pb2
       jsonl = os.path.join(workdir, 'metrics.jsonl')
       try:
@@ -46,7 +63,7 @@ class MetricWriter:
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self.enabled:
       return
-    from tensorboardX import summary
+    summary = self._summary
     scalars = {k: float(v) for k, v in scalars.items()}
     record = {'step': step, 'time': round(time.time(), 3)}
     record.update({k: (v if math.isfinite(v) else str(v)) for k, v in scalars.items()})
