@@ -54,6 +54,7 @@ def test_a_run_trained_before_the_study_keeps_its_own_wall_time(tmp_path):
   assert ablations.curve(tmp_path) == {100: pytest.approx(0.1)}
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 def test_quick_mode_runs_variants_resumably_with_the_mesh_passed_through(tmp_path):
   """Two variants end to end (a two-tower and a one-tower network, small, on random
   images): trained, evaluated, tabulated and drawn, then found finished by a second call."""
