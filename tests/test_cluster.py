@@ -16,6 +16,7 @@ from tests.helpers import one_error_line
 from tests.helpers import steps_on_disk
 from tests.test_preemption import RUN
 from tests.test_preemption import stopped_line
+from tests.test_preemption import stopped_step
 
 LONG = [*RUN, '--config.num_train_steps=40', '--config.log_every_steps=5',
         '--config.eval_every_steps=20', '--config.checkpoint_every_steps=4']
@@ -51,7 +52,7 @@ def test_two_processes_stop_at_the_same_step_when_process_1_gets_the_signal(
   workdir = tmp_path / 'run'
   results = launch_two(xla_cache, workdir, *LONG, faults=f'{fault},process=1')
   lines = [stopped_line(r) for r in results]
-  steps = {int(line.split(' after step ')[1].split()[0]) for line in lines}
+  steps = {stopped_step(line) for line in lines}
   assert len(steps) == 1, lines  # the same step, on both processes
   step = steps.pop()
   assert 3 <= step < 40 and step in steps_on_disk(workdir)

@@ -15,11 +15,9 @@ from tests.test_sharding import SMALL
 def test_fc7_is_what_fc8_reads():
   params = network.init_params(jax.random.key(0), SMALL)
   x = np.random.default_rng(0).normal(0, 60, (4, 32, 32, 3)).astype(np.float32)
-  # Jitted: op by op, the network's dozens of primitives each compile on their own (14 s).
-  both = jax.jit(lambda p, x: (network.apply(p, x, SMALL, with_fc7=True),
-                               network.apply(p, x, SMALL)))
   with jax.default_matmul_precision('highest'):
-    (logits, fc7), plain = both(params, jnp.asarray(x))
+    logits, fc7 = network.apply(params, jnp.asarray(x), SMALL, with_fc7=True)
+    plain = network.apply(params, jnp.asarray(x), SMALL)
   w8 = np.asarray(params['fc8']['kernel'], np.float64)  # (T, units, classes)
   want = np.asarray(fc7, np.float64) @ w8.reshape(-1, w8.shape[-1]) + np.asarray(
       params['fc8']['bias'], np.float64)

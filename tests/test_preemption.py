@@ -45,6 +45,19 @@ def stopped_line(result, code=75):
   return lines[0]
 
 
+def stopped_step(line):
+  """The step a `stopped: ... after step N of M ...` line names."""
+  return int(line.split(' after step ')[1].split()[0])
+
+
+def stop_as_preempted(proc):
+  """Ends a background run that a test only needed running, as a scheduler would: SIGTERM
+  (if it is still running); returns its result."""
+  if proc.poll() is None:
+    proc.send_signal(signal.SIGTERM)
+  return helpers.finish(proc)
+
+
 # ---- the signals that end a job (config.stop_signals) ------------------------------------
 
 
@@ -140,12 +153,9 @@ def test_a_second_run_on_a_busy_workdir_is_refused_and_a_dead_runs_lock_is_taken
   while first.poll() is None and not records(workdir, 'train/loss'):
     assert time.time() < deadline
     time.sleep(0.2)
-  if first.poll() is None:
-    first.send_signal(signal.SIGTERM)
-  result = helpers.finish(first)
+  result = stop_as_preempted(first)
   assert result.returncode in (0, 75), result.stderr[-3000:]
-  last = 400 if result.returncode == 0 else int(
-      stopped_line(result).split(' after step ')[1].split()[0])
+  last = 400 if result.returncode == 0 else stopped_step(stopped_line(result))
   assert steps_on_disk(workdir)[-1] == last
   # A run killed with SIGKILL leaves run.lock behind but not the lock: the next run goes on.
   killed = tmp_path / 'killed'
@@ -170,9 +180,7 @@ def test_eval_reads_a_workdir_that_a_run_is_training_in(xla_cache, reference, tm
   result = launch(xla_cache, workdir, *RUN, '--mode=eval')
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads(result.stdout.split('eval: ', 1)[1])['step'] == 8
-  if first.poll() is None:  # no need to train to the end: it stops as on preemption
-    first.send_signal(signal.SIGTERM)
-  assert helpers.finish(first).returncode in (0, 75)
+  assert stop_as_preempted(first).returncode in (0, 75)
 
 
 # ---- full disks, read-only workdirs: small file systems mounted for the test ----------------

@@ -175,8 +175,8 @@ class AlexNetSpec:
 @functools.partial(jax.jit, static_argnames=('spec', 'dtype'))
 def init_params(key: jax.Array, spec: AlexNetSpec, dtype=jnp.float32) -> Params:
   """Paper section 5: weights ~ N(0, init_std) (fc8: head_init_std, where set); biases 1 in
-  conv2/4/5, fc6/7, else 0. Jitted: op by op, each layer's sampler compiles on its own (12 s
-  for eight layers on CPU, against one compilation)."""
+  conv2/4/5, fc6/7, else 0. Jitted, so that a caller outside jit compiles one program (one
+  persistent-cache entry) rather than each layer's sampler on its own."""
   params = {}
   shapes = spec.param_shapes()
   keys = jax.random.split(key, len(shapes))
